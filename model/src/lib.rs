@@ -1,0 +1,4 @@
+//! Ferry's shared domain and protocol types: plain data with serde and validation, no I/O.
+
+pub mod protocol;
+pub mod survey;

@@ -1,0 +1,657 @@
+//! Mailbox protocol v1: the documents agents and managers exchange through the store.
+//!
+//! Every document carries `schema` so that an old agent and a newer manager can tell
+//! what they read. Signed documents travel inside a [`Signed`] envelope whose payload
+//! is the exact JSON bytes that were signed, so no canonical form is needed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const SCHEMA: u32 = 1;
+
+/// Length of an agent id: 256 bits in unpadded lowercase base32.
+pub const AGENT_ID_LEN: usize = 52;
+
+/// Longest accepted document, in bytes. Anything bigger is refused unread.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Why a document from the store was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DocumentError {
+    /// The bytes are not the JSON of the expected document.
+    #[error("not a valid {kind} document: {detail}")]
+    Malformed {
+        /// Which document was expected.
+        kind: &'static str,
+        /// What the parser said.
+        detail: String,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("{kind} document is {size} bytes, more than the {MAX_DOCUMENT_BYTES} allowed")]
+    TooLarge {
+        /// Which document was expected.
+        kind: &'static str,
+        /// Its size.
+        size: usize,
+    },
+    /// The document speaks a protocol version this build does not know.
+    #[error("{kind} document has schema {found}, this build speaks {SCHEMA}: upgrade the reader")]
+    Schema {
+        /// Which document was expected.
+        kind: &'static str,
+        /// The schema it declared.
+        found: u32,
+    },
+    /// A field holds a value outside its allowed form.
+    #[error("{kind} document has an invalid {field}: {detail}")]
+    Invalid {
+        /// Which document was expected.
+        kind: &'static str,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// A document that can be read from store bytes with size, schema and field checks.
+pub trait Document: Sized + for<'de> Deserialize<'de> + Serialize {
+    /// Human name used in errors.
+    const KIND: &'static str;
+
+    /// The schema the document declares.
+    fn schema(&self) -> u32;
+
+    /// Field checks beyond what serde enforces.
+    fn validate(&self) -> Result<(), DocumentError> {
+        Ok(())
+    }
+
+    /// Parses and validates bytes read from the store.
+    fn parse(bytes: &[u8]) -> Result<Self, DocumentError> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(DocumentError::TooLarge {
+                kind: Self::KIND,
+                size: bytes.len(),
+            });
+        }
+        let doc: Self = serde_json::from_slice(bytes).map_err(|e| DocumentError::Malformed {
+            kind: Self::KIND,
+            detail: e.to_string(),
+        })?;
+        if doc.schema() != SCHEMA {
+            return Err(DocumentError::Schema {
+                kind: Self::KIND,
+                found: doc.schema(),
+            });
+        }
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Serialises the document for the store.
+    fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain data structs with string keys cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Checks that `id` has the form of an agent id (52 chars of lowercase base32).
+pub fn check_agent_id(id: &str) -> Result<(), String> {
+    if id.len() != AGENT_ID_LEN {
+        return Err(format!(
+            "agent id must be {AGENT_ID_LEN} characters, got {}",
+            id.len()
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    {
+        return Err("agent id must be lowercase base32 (a-z, 2-7)".into());
+    }
+    Ok(())
+}
+
+/// Checks a command or message id: 1–64 chars of `[A-Za-z0-9-]`.
+pub fn check_object_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!("id must be 1 to 64 characters, got {}", id.len()));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err("id may hold only letters, digits and '-'".into());
+    }
+    Ok(())
+}
+
+/// Where an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    /// Installed on a live server.
+    Installed,
+    /// The main program of the Ferry ramdisk.
+    Ramdisk,
+}
+
+impl std::fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentKind::Installed => "installed",
+            AgentKind::Ramdisk => "ramdisk",
+        })
+    }
+}
+
+/// Facts that let a manager recognise the same machine again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// SMBIOS system UUID, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    /// Hardware addresses of the NICs.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// Serial numbers of the disks.
+    #[serde(default)]
+    pub disk_serials: Vec<String>,
+}
+
+/// `mailboxes/<id>/identity.json`: written once by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Protocol version.
+    pub schema: u32,
+    /// The agent's id; equals the mailbox name.
+    pub agent_id: String,
+    /// Installed or ramdisk.
+    pub kind: AgentKind,
+    /// Ed25519 public key (base64) that signs the agent's messages.
+    pub sign_key: String,
+    /// X25519 public key (base64) that secrets in commands are sealed to.
+    pub seal_key: String,
+    /// Machine facts for matching.
+    pub fingerprint: Fingerprint,
+    /// Host name at first start.
+    pub hostname: String,
+    /// Agent build version.
+    pub agent_version: String,
+    /// Unix milliseconds when the identity was made.
+    pub created_ms: u64,
+}
+
+impl Document for Identity {
+    const KIND: &'static str = "identity";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+    fn validate(&self) -> Result<(), DocumentError> {
+        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
+            kind: Self::KIND,
+            field: "agent_id",
+            detail,
+        })
+    }
+}
+
+/// `mailboxes/<id>/heartbeat.json`: rewritten by the agent every interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Protocol version.
+    pub schema: u32,
+    /// The agent's id.
+    pub agent_id: String,
+    /// Increases by one per heartbeat since the agent started.
+    pub seq: u64,
+    /// Unix milliseconds when written.
+    pub at_ms: u64,
+    /// The agent's nominal heartbeat interval in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl Document for Heartbeat {
+    const KIND: &'static str = "heartbeat";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+    fn validate(&self) -> Result<(), DocumentError> {
+        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
+            kind: Self::KIND,
+            field: "agent_id",
+            detail,
+        })?;
+        if self.interval_ms == 0 {
+            return Err(DocumentError::Invalid {
+                kind: Self::KIND,
+                field: "interval_ms",
+                detail: "must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Progress of long work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// Bytes per second, recent average.
+    pub rate: u64,
+    /// Seconds left, estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
+}
+
+/// An error an agent reports in its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedError {
+    /// Stable code for programs, e.g. `store-unreachable`.
+    pub code: String,
+    /// A sentence for people.
+    pub text: String,
+    /// Unix milliseconds when it happened.
+    pub at_ms: u64,
+}
+
+/// `mailboxes/<id>/status.json`: rewritten by the agent when something changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Protocol version.
+    pub schema: u32,
+    /// The agent's id.
+    pub agent_id: String,
+    /// Installed or ramdisk.
+    pub kind: AgentKind,
+    /// What the agent is doing, e.g. `idle`, `executing`.
+    pub phase: String,
+    /// Finer step inside the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Progress of the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// The last error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ReportedError>,
+    /// Sequence number of the last command the agent accepted.
+    pub last_command_seq: u64,
+    /// The machine inventory.
+    pub survey: crate::survey::Survey,
+    /// Unix milliseconds when written.
+    pub updated_ms: u64,
+}
+
+impl Document for Status {
+    const KIND: &'static str = "status";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+    fn validate(&self) -> Result<(), DocumentError> {
+        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
+            kind: Self::KIND,
+            field: "agent_id",
+            detail,
+        })
+    }
+}
+
+/// The envelope of a signed document: the payload bytes and an Ed25519 signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    /// Protocol version.
+    pub schema: u32,
+    /// Base64 of the exact JSON bytes that were signed.
+    pub payload: String,
+    /// Base64 Ed25519 signature over the domain tag and the payload bytes.
+    pub signature: String,
+}
+
+impl Document for Signed {
+    const KIND: &'static str = "signed envelope";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+}
+
+/// A secret sealed to one agent's X25519 key (ephemeral X25519 + XChaCha20-Poly1305).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Base64 of the sender's ephemeral X25519 public key.
+    pub ephemeral: String,
+    /// Base64 of the 24-byte nonce.
+    pub nonce: String,
+    /// Base64 of the ciphertext with its tag.
+    pub ciphertext: String,
+}
+
+/// What a command asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Answer at once with a pong.
+    Ping {
+        /// Manager's clock when sent, unix ms.
+        sent_ms: u64,
+    },
+    /// Work for a while, then answer; used to test crash and progress handling.
+    Sleep {
+        /// How long, in milliseconds.
+        millis: u64,
+    },
+    /// Decrypt the named secret and answer with its BLAKE3 digest (proves the seal).
+    CheckSecret {
+        /// Key into [`CommandPayload::secrets`].
+        name: String,
+    },
+    /// Power the machine off (ramdisk) or stop the agent (installed).
+    Poweroff,
+    /// Reboot the machine (ramdisk) or restart the agent (installed).
+    Reboot,
+}
+
+impl Action {
+    /// Short name for logs and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Ping { .. } => "ping",
+            Action::Sleep { .. } => "sleep",
+            Action::CheckSecret { .. } => "check-secret",
+            Action::Poweroff => "poweroff",
+            Action::Reboot => "reboot",
+        }
+    }
+}
+
+/// The signed content of `mailboxes/<id>/commands/<command-id>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandPayload {
+    /// Protocol version.
+    pub schema: u32,
+    /// The one agent this command is for.
+    pub agent_id: String,
+    /// Equals the file name without `.json`.
+    pub command_id: String,
+    /// Strictly increasing per agent; an agent refuses a seq it has passed.
+    pub seq: u64,
+    /// Unix ms when issued.
+    pub issued_ms: u64,
+    /// Unix ms after which the agent must refuse it.
+    pub expires_ms: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Secrets sealed to the agent, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Sealed>,
+}
+
+impl Document for CommandPayload {
+    const KIND: &'static str = "command";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+    fn validate(&self) -> Result<(), DocumentError> {
+        let invalid = |field, detail| DocumentError::Invalid {
+            kind: Self::KIND,
+            field,
+            detail,
+        };
+        check_agent_id(&self.agent_id).map_err(|d| invalid("agent_id", d))?;
+        check_object_id(&self.command_id).map_err(|d| invalid("command_id", d))?;
+        if self.seq == 0 {
+            return Err(invalid("seq", "must be greater than zero".into()));
+        }
+        if self.expires_ms <= self.issued_ms {
+            return Err(invalid("expires_ms", "must be after issued_ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why an agent refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// Not JSON, or not a command.
+    Malformed,
+    /// The signature does not verify against the pinned manager key.
+    BadSignature,
+    /// Signed for another agent or stored under another command id.
+    Misaddressed,
+    /// Its sequence number was already executed (the same command again).
+    Replayed,
+    /// Its sequence number is lower than one already executed.
+    Reordered,
+    /// Past its expiry.
+    Expired,
+    /// A sealed secret did not open.
+    BadSecret,
+}
+
+impl Refusal {
+    /// Stable code for programs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::BadSignature => "bad-signature",
+            Refusal::Misaddressed => "misaddressed",
+            Refusal::Replayed => "replayed",
+            Refusal::Reordered => "reordered",
+            Refusal::Expired => "expired",
+            Refusal::BadSecret => "bad-secret",
+        }
+    }
+}
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum MessageBody {
+    /// Answer to a ping.
+    Pong {
+        /// Copied from the ping.
+        sent_ms: u64,
+        /// Agent's clock when the ping was read.
+        received_ms: u64,
+    },
+    /// A command finished.
+    Done {
+        /// Action name.
+        action: String,
+        /// A line for people.
+        detail: String,
+    },
+    /// A command failed while running.
+    Failed {
+        /// Action name.
+        action: String,
+        /// Stable code.
+        code: String,
+        /// A sentence for people.
+        text: String,
+    },
+    /// A command was refused and not run.
+    Refused {
+        /// The store key of the refused file.
+        key: String,
+        /// Why.
+        reason: Refusal,
+        /// A sentence for people.
+        text: String,
+    },
+    /// A command was running when the agent stopped; it will not be run again.
+    Interrupted {
+        /// Sequence number of the command.
+        seq: u64,
+    },
+    /// Anything else worth a person's attention.
+    Alert {
+        /// Stable code.
+        code: String,
+        /// A sentence for people.
+        text: String,
+    },
+}
+
+/// The signed content of `mailboxes/<id>/messages/<seq>-<message-id>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePayload {
+    /// Protocol version.
+    pub schema: u32,
+    /// The agent that wrote it.
+    pub agent_id: String,
+    /// Strictly increasing per agent, also in the file name.
+    pub seq: u64,
+    /// Unique id, also in the file name.
+    pub message_id: String,
+    /// Unix ms when written.
+    pub at_ms: u64,
+    /// The command this answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    /// What it says.
+    pub body: MessageBody,
+}
+
+impl Document for MessagePayload {
+    const KIND: &'static str = "message";
+    fn schema(&self) -> u32 {
+        self.schema
+    }
+    fn validate(&self) -> Result<(), DocumentError> {
+        let invalid = |field, detail| DocumentError::Invalid {
+            kind: Self::KIND,
+            field,
+            detail,
+        };
+        check_agent_id(&self.agent_id).map_err(|d| invalid("agent_id", d))?;
+        check_object_id(&self.message_id).map_err(|d| invalid("message_id", d))?;
+        if let Some(c) = &self.in_reply_to {
+            check_object_id(c).map_err(|d| invalid("in_reply_to", d))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> String {
+        "a".repeat(AGENT_ID_LEN)
+    }
+
+    #[test]
+    fn command_round_trips_and_validates() {
+        let c = CommandPayload {
+            schema: SCHEMA,
+            agent_id: id(),
+            command_id: "c-1".into(),
+            seq: 7,
+            issued_ms: 1,
+            expires_ms: 2,
+            action: Action::Sleep { millis: 5 },
+            secrets: BTreeMap::new(),
+        };
+        let back = CommandPayload::parse(&c.to_bytes()).expect("parses");
+        assert_eq!(back, c);
+        let bad = CommandPayload { seq: 0, ..c };
+        assert!(matches!(
+            CommandPayload::parse(&bad.to_bytes()),
+            Err(DocumentError::Invalid { field: "seq", .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_schema_is_named() {
+        let hb = Heartbeat {
+            schema: 9,
+            agent_id: id(),
+            seq: 1,
+            at_ms: 1,
+            interval_ms: 1,
+        };
+        let err = Heartbeat::parse(&hb.to_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            DocumentError::Schema {
+                kind: "heartbeat",
+                found: 9
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_json_is_malformed() {
+        let hb = Heartbeat {
+            schema: 1,
+            agent_id: id(),
+            seq: 1,
+            at_ms: 1,
+            interval_ms: 1,
+        }
+        .to_bytes();
+        let err = Heartbeat::parse(&hb[..hb.len() / 2]).unwrap_err();
+        assert!(matches!(
+            err,
+            DocumentError::Malformed {
+                kind: "heartbeat",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn oversize_is_refused_unread() {
+        let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+        assert!(matches!(
+            Status::parse(&big),
+            Err(DocumentError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn agent_id_form() {
+        assert!(check_agent_id(&id()).is_ok());
+        assert!(check_agent_id("short").is_err());
+        assert!(check_agent_id(&"A".repeat(AGENT_ID_LEN)).is_err());
+        assert!(check_agent_id(&"../".repeat(AGENT_ID_LEN / 3 + 1)[..AGENT_ID_LEN]).is_err());
+    }
+
+    proptest! {
+        // Every parser of store content must return an error, never panic, on any bytes.
+        #[test]
+        fn parsers_never_panic_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Identity::parse(&bytes);
+            let _ = Status::parse(&bytes);
+            let _ = Heartbeat::parse(&bytes);
+            let _ = Signed::parse(&bytes);
+            let _ = CommandPayload::parse(&bytes);
+            let _ = MessagePayload::parse(&bytes);
+        }
+
+        // Mutating a valid document's bytes gives a parse error or a valid document, never a panic.
+        #[test]
+        fn parsers_never_panic_on_mutated_json(pos in 0usize..400, byte in any::<u8>(), cut in 0usize..400) {
+            let mut doc = CommandPayload {
+                schema: SCHEMA, agent_id: id(), command_id: "c".into(), seq: 1,
+                issued_ms: 1, expires_ms: 2, action: Action::Ping { sent_ms: 3 },
+                secrets: BTreeMap::new(),
+            }.to_bytes();
+            let p = pos % doc.len();
+            doc[p] = byte;
+            doc.truncate(cut.max(1).min(doc.len()));
+            if let Ok(c) = CommandPayload::parse(&doc) {
+                prop_assert!(c.validate().is_ok());
+            }
+            let _ = MessagePayload::parse(&doc);
+            let _ = Status::parse(&doc);
+        }
+    }
+}
