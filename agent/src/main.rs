@@ -1,1 +1,86 @@
-fn main() {}
+//! `ferry-agent`: the command line of the Ferry agent.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The Ferry agent: runs on a server or in the Ferry ramdisk and obeys signed commands
+/// from its mailbox.
+#[derive(Parser)]
+#[command(version, about, help_expected = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent loop until a poweroff command or a signal.
+    Run {
+        /// Agent config file, as written by `ferry agent-config`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print this agent's id (creating it if needed) and exit.
+    Id {
+        /// Agent config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => run(config),
+        Cmd::Id { config } => id(config),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = ferry_agent::config::AgentConfig::load(&path)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        ferry_agent::runner::run(config, shutdown).await.map(|_| ())
+    })
+}
+
+fn id(path: PathBuf) -> anyhow::Result<()> {
+    let config = ferry_agent::config::AgentConfig::load(&path)?;
+    let agent = ferry_agent::runner::Agent::new(config)?;
+    println!("{}", agent.id());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,478 @@
+//! The agent loop: publish identity, heartbeat, flush spooled messages, and run each
+//! signed command from the mailbox at most once, refusing anything it cannot trust.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
+use ferry_mailbox::time::now_ms;
+use ferry_mailbox::{Store, keys};
+use ferry_model::protocol::{
+    Action, AgentKind, CommandPayload, Document, Heartbeat, Identity, MessageBody,
+    MessagePayload, Refusal, ReportedError, SCHEMA, Signed, Status,
+};
+use ferry_model::survey::Survey;
+use rand::Rng;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::state::{AgentState, StateDir};
+
+/// Why the loop ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A `poweroff` command was run.
+    Poweroff,
+}
+
+/// A running agent: its identity, store, state and pending work.
+pub struct Agent {
+    config: AgentConfig,
+    store: Arc<dyn Store>,
+    keys: KeyPair,
+    manager: VerifyingKey,
+    id: String,
+    kind: AgentKind,
+    state_dir: StateDir,
+    state: AgentState,
+    survey: Survey,
+    heartbeat_seq: u64,
+    next_heartbeat: Instant,
+    /// (key, BLAKE3 of content) of files already refused, so each is reported once.
+    refused: HashSet<(String, [u8; 32])>,
+    phase: &'static str,
+    last_error: Option<ReportedError>,
+    status_due: bool,
+    identity_done: bool,
+}
+
+/// Seals are bound to the agent, the command and the secret's name.
+pub fn secret_context(agent: &str, command: &str, name: &str) -> Vec<u8> {
+    format!("ferry secret v1/{agent}/{command}/{name}").into_bytes()
+}
+
+impl Agent {
+    /// Loads (or makes) the agent's identity and state, and opens its store.
+    pub fn new(config: AgentConfig) -> Result<Self> {
+        let store = ferry_mailbox::store::open(&config.store)?;
+        Self::with_store(config, store)
+    }
+
+    /// Like [`Agent::new`] with a store already open (the bench shares one client).
+    pub fn with_store(config: AgentConfig, store: Arc<dyn Store>) -> Result<Self> {
+        let manager = seal::verifying_key(&config.manager_key)
+            .context("manager_key in the agent config is not an Ed25519 public key")?;
+        let state_dir = StateDir::open(&config.state_dir)?;
+        let survey = crate::survey::survey();
+        let id =
+            crate::identity::load_or_create_id(&config.state_dir, &crate::survey::fingerprint(&survey))?;
+        let keys = crate::identity::load_or_create_keys(&config.state_dir)?;
+        let state = state_dir.load()?;
+        Ok(Agent {
+            kind: config.kind.unwrap_or(AgentKind::Installed),
+            config,
+            store,
+            keys,
+            manager,
+            id,
+            state_dir,
+            state,
+            survey,
+            heartbeat_seq: 0,
+            next_heartbeat: Instant::now(),
+            refused: HashSet::new(),
+            phase: "idle",
+            last_error: None,
+            status_due: true,
+            identity_done: false,
+        })
+    }
+
+    /// The agent's id (its mailbox name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// One pass of the loop. `Ok(Some(_))` when a command ended the agent.
+    pub async fn tick(&mut self) -> Result<Option<Stop>> {
+        if !self.identity_done {
+            self.publish_identity().await?;
+            self.recover()?;
+            self.identity_done = true;
+        }
+        self.flush().await?;
+        let stop = self.process_commands().await?;
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat().await?;
+        }
+        if self.status_due {
+            self.publish_status().await?;
+        }
+        Ok(stop)
+    }
+
+    /// Records a failure for the next status and schedules a status write.
+    pub fn note_error(&mut self, code: &str, err: &anyhow::Error) {
+        self.last_error = Some(ReportedError {
+            code: code.to_string(),
+            text: format!("{err:#}"),
+            at_ms: now_ms(),
+        });
+        self.status_due = true;
+    }
+
+    async fn publish_identity(&mut self) -> Result<()> {
+        let identity = Identity {
+            schema: SCHEMA,
+            agent_id: self.id.clone(),
+            kind: self.kind,
+            sign_key: self.keys.sign_public(),
+            seal_key: self.keys.seal_public(),
+            fingerprint: crate::survey::fingerprint(&self.survey),
+            hostname: self.survey.hostname.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_ms: now_ms(),
+        };
+        let key = keys::identity(&self.id);
+        let current = self.store.get(&key).await?;
+        let same = current
+            .as_deref()
+            .and_then(|b| Identity::parse(b).ok())
+            .is_some_and(|old| {
+                old.sign_key == identity.sign_key
+                    && old.seal_key == identity.seal_key
+                    && old.kind == identity.kind
+            });
+        if !same {
+            if current.is_some() {
+                warn!(key, "identity in the store differs from this agent's keys; rewriting it");
+            }
+            self.store.put(&key, identity.to_bytes().into()).await?;
+        }
+        Ok(())
+    }
+
+    /// After a crash during a command: report it interrupted; it is never run again.
+    fn recover(&mut self) -> Result<()> {
+        if let Some(running) = self.state.running.take() {
+            warn!(seq = running.seq, command = running.command_id, "a command was interrupted by a stop; it will not run again");
+            self.emit(
+                Some(running.command_id.clone()),
+                MessageBody::Interrupted { seq: running.seq },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Signs a message, advances the message seq durably, and spools it.
+    fn emit(&mut self, in_reply_to: Option<String>, body: MessageBody) -> Result<()> {
+        let seq = self.state.message_seq + 1;
+        self.state.message_seq = seq;
+        self.state_dir.save(&self.state)?;
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let payload = MessagePayload {
+            schema: SCHEMA,
+            agent_id: self.id.clone(),
+            seq,
+            message_id: message_id.clone(),
+            at_ms: now_ms(),
+            in_reply_to,
+            body,
+        };
+        let env = self.keys.sign(MESSAGE_TAG, &payload.to_bytes());
+        self.state_dir
+            .spool(&keys::message_name(seq, &message_id), &env.to_bytes())
+    }
+
+    /// Stores every spooled message, oldest first; each leaves the spool only once stored.
+    async fn flush(&mut self) -> Result<()> {
+        for (name, bytes) in self.state_dir.spooled()? {
+            let key = format!("{}{}", keys::messages(&self.id), name);
+            self.store.put(&key, Bytes::from(bytes)).await?;
+            self.state_dir.unspool(&name)?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<()> {
+        let interval = self.config.heartbeat();
+        self.heartbeat_seq += 1;
+        let hb = Heartbeat {
+            schema: SCHEMA,
+            agent_id: self.id.clone(),
+            seq: self.heartbeat_seq,
+            at_ms: now_ms(),
+            interval_ms: interval.as_millis() as u64,
+        };
+        self.store
+            .put(&keys::heartbeat(&self.id), hb.to_bytes().into())
+            .await?;
+        // ±10 % jitter keeps a fleet that started together from beating in step.
+        let jitter = rand::thread_rng().gen_range(0.9..1.1);
+        self.next_heartbeat = Instant::now() + interval.mul_f64(jitter);
+        Ok(())
+    }
+
+    async fn publish_status(&mut self) -> Result<()> {
+        let status = Status {
+            schema: SCHEMA,
+            agent_id: self.id.clone(),
+            kind: self.kind,
+            phase: self.phase.to_string(),
+            step: None,
+            progress: None,
+            last_error: self.last_error.clone(),
+            last_command_seq: self.state.last_seq,
+            survey: self.survey.clone(),
+            updated_ms: now_ms(),
+        };
+        self.store
+            .put(&keys::status(&self.id), status.to_bytes().into())
+            .await?;
+        self.status_due = false;
+        Ok(())
+    }
+
+    /// Checks a command file: envelope, signature, addressing, payload.
+    fn check(&self, name: &str, bytes: &[u8]) -> Result<CommandPayload, (Refusal, String)> {
+        let env = Signed::parse(bytes).map_err(|e| (Refusal::Malformed, e.to_string()))?;
+        let payload = seal::verify(COMMAND_TAG, &env, &self.manager).map_err(|e| {
+            (
+                Refusal::BadSignature,
+                format!("{e}: it was not signed by the manager this agent trusts"),
+            )
+        })?;
+        let cmd = CommandPayload::parse(&payload).map_err(|e| (Refusal::Malformed, e.to_string()))?;
+        if cmd.agent_id != self.id {
+            return Err((
+                Refusal::Misaddressed,
+                format!("signed for agent {}, not this one", cmd.agent_id),
+            ));
+        }
+        if name.strip_suffix(".json") != Some(cmd.command_id.as_str()) {
+            return Err((
+                Refusal::Misaddressed,
+                format!("signed as command {} but stored as {name}", cmd.command_id),
+            ));
+        }
+        Ok(cmd)
+    }
+
+    /// Reports a refusal and removes the refused file from the mailbox.
+    async fn refuse(&mut self, key: &str, hash: [u8; 32], in_reply_to: Option<String>, reason: Refusal, text: String) -> Result<()> {
+        warn!(key, reason = reason.code(), "refused command: {text}");
+        self.emit(
+            in_reply_to,
+            MessageBody::Refused {
+                key: key.to_string(),
+                reason,
+                text,
+            },
+        )?;
+        self.refused.insert((key.to_string(), hash));
+        // If the delete fails the file stays, and the hash keeps it from being reported twice.
+        if let Err(e) = self.store.delete(key).await {
+            warn!(key, "could not delete refused command: {e}");
+        }
+        Ok(())
+    }
+
+    async fn process_commands(&mut self) -> Result<Option<Stop>> {
+        let prefix = keys::commands(&self.id);
+        let listing = self.store.list(&prefix).await?;
+        let mut ready = Vec::new();
+        for name in listing.objects.iter().filter(|n| n.ends_with(".json")) {
+            let key = format!("{prefix}{name}");
+            let Some(bytes) = self.store.get(&key).await? else {
+                continue;
+            };
+            let hash = *blake3::hash(&bytes).as_bytes();
+            if self.refused.contains(&(key.clone(), hash)) {
+                continue;
+            }
+            match self.check(name, &bytes) {
+                Ok(cmd) => ready.push((key, hash, cmd)),
+                Err((reason, text)) => {
+                    let text = format!("{key}: {text}");
+                    self.refuse(&key, hash, None, reason, text).await?;
+                }
+            }
+        }
+        ready.sort_by_key(|(_, _, c)| c.seq);
+        for (key, hash, cmd) in ready {
+            if let Some(stop) = self.consider(&key, hash, cmd).await? {
+                return Ok(Some(stop));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuses a command that was seen before, came out of order or expired; else runs it.
+    async fn consider(&mut self, key: &str, hash: [u8; 32], cmd: CommandPayload) -> Result<Option<Stop>> {
+        let reply = Some(cmd.command_id.clone());
+        if cmd.seq <= self.state.last_seq {
+            let known = self.state.find(cmd.seq).cloned();
+            match known {
+                // Our own command whose delete did not happen before a stop: finish the delete.
+                Some(a) if a.command_id == cmd.command_id && !a.deleted => {
+                    self.store.delete(key).await?;
+                    self.state.mark_deleted(cmd.seq);
+                    self.state_dir.save(&self.state)?;
+                }
+                Some(a) if a.command_id == cmd.command_id => {
+                    let text = format!("{key}: command seq {} already ran; this is a replay", cmd.seq);
+                    self.refuse(key, hash, reply, Refusal::Replayed, text).await?;
+                }
+                _ => {
+                    let text = format!(
+                        "{key}: command seq {} is not after the last accepted seq {}; re-send it with a new seq",
+                        cmd.seq, self.state.last_seq
+                    );
+                    self.refuse(key, hash, reply, Refusal::Reordered, text).await?;
+                }
+            }
+            return Ok(None);
+        }
+        let now = now_ms();
+        if now > cmd.expires_ms {
+            let text = format!(
+                "{key}: command expired {} ms ago; re-send it if it is still wanted",
+                now - cmd.expires_ms
+            );
+            self.refuse(key, hash, reply, Refusal::Expired, text).await?;
+            return Ok(None);
+        }
+
+        // Write-ahead: once accepted on disk, the command can never run again.
+        self.state.accept(cmd.seq, &cmd.command_id);
+        self.state_dir.save(&self.state)?;
+        info!(seq = cmd.seq, command = cmd.command_id, action = cmd.action.name(), "running command");
+        let (body, stop) = self.execute(&cmd).await;
+        self.state.running = None;
+        self.emit(reply, body)?;
+        self.store.delete(key).await?;
+        self.state.mark_deleted(cmd.seq);
+        self.state_dir.save(&self.state)?;
+        self.flush().await?;
+        Ok(stop)
+    }
+
+    async fn execute(&mut self, cmd: &CommandPayload) -> (MessageBody, Option<Stop>) {
+        let action = cmd.action.name().to_string();
+        match &cmd.action {
+            Action::Ping { sent_ms } => (
+                MessageBody::Pong {
+                    sent_ms: *sent_ms,
+                    received_ms: now_ms(),
+                },
+                None,
+            ),
+            Action::Sleep { millis } => {
+                self.phase = "executing";
+                if let Err(e) = self.publish_status().await {
+                    warn!("could not publish status: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(*millis)).await;
+                self.phase = "idle";
+                self.status_due = true;
+                (
+                    MessageBody::Done {
+                        action,
+                        detail: format!("slept {millis} ms"),
+                    },
+                    None,
+                )
+            }
+            Action::CheckSecret { name } => {
+                let Some(sealed) = cmd.secrets.get(name) else {
+                    return (
+                        MessageBody::Failed {
+                            action,
+                            code: "no-such-secret".into(),
+                            text: format!("the command carries no secret named {name:?}"),
+                        },
+                        None,
+                    );
+                };
+                match self
+                    .keys
+                    .open(sealed, &secret_context(&self.id, &cmd.command_id, name))
+                {
+                    Ok(plain) => (
+                        MessageBody::Done {
+                            action,
+                            detail: blake3::hash(&plain).to_hex().to_string(),
+                        },
+                        None,
+                    ),
+                    Err(e) => (
+                        MessageBody::Failed {
+                            action,
+                            code: Refusal::BadSecret.code().into(),
+                            text: format!("secret {name:?}: {e}"),
+                        },
+                        None,
+                    ),
+                }
+            }
+            Action::Poweroff => (
+                MessageBody::Done {
+                    action,
+                    detail: match self.kind {
+                        AgentKind::Installed => "agent stopping".into(),
+                        AgentKind::Ramdisk => "machine powering off".into(),
+                    },
+                },
+                Some(Stop::Poweroff),
+            ),
+            Action::Reboot => (
+                MessageBody::Failed {
+                    action,
+                    code: "unsupported".into(),
+                    text: "this agent cannot reboot its machine yet".into(),
+                },
+                None,
+            ),
+        }
+    }
+}
+
+/// Runs the agent until a `poweroff` command or `shutdown` resolves. Store outages are
+/// retried with exponential backoff (0.5 s doubling to 30 s); nothing is lost meanwhile.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<Stop> {
+    let poll = config.poll();
+    let mut agent = Agent::new(config)?;
+    info!(agent = agent.id(), "agent started");
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::ZERO;
+    loop {
+        let delay = match agent.tick().await {
+            Ok(Some(stop)) => {
+                info!(?stop, "agent stopping on command");
+                return Ok(stop);
+            }
+            Ok(None) => {
+                backoff = Duration::ZERO;
+                poll
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+                warn!("{e:#}; retrying in {:.1} s", backoff.as_secs_f64());
+                agent.note_error("store-unreachable", &e);
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => {
+                info!("agent stopping on signal");
+                return Ok(Stop::Poweroff);
+            }
+        }
+    }
+}
