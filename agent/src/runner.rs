@@ -49,7 +49,13 @@ pub struct Agent {
     last_error: Option<ReportedError>,
     status_due: bool,
     identity_done: bool,
+    hot_until: Instant,
 }
+
+/// How long after a command the agent polls fast.
+const HOT_WINDOW: Duration = Duration::from_secs(3);
+/// The fast poll interval.
+const HOT_POLL: Duration = Duration::from_millis(100);
 
 /// Seals are bound to the agent, the command and the secret's name.
 pub fn secret_context(agent: &str, command: &str, name: &str) -> Vec<u8> {
@@ -90,6 +96,7 @@ impl Agent {
             last_error: None,
             status_due: true,
             identity_done: false,
+            hot_until: Instant::now(),
         })
     }
 
@@ -359,6 +366,7 @@ impl Agent {
         self.state.mark_deleted(cmd.seq);
         self.state_dir.save(&self.state)?;
         self.flush().await?;
+        self.status_due = true;
         Ok(stop)
     }
 
@@ -451,6 +459,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::pin!(shutdown);
     let mut backoff = Duration::ZERO;
     loop {
+        let ran_before = agent.state.last_seq;
         let delay = match agent.tick().await {
             Ok(Some(stop)) => {
                 info!(?stop, "agent stopping on command");
@@ -458,7 +467,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             }
             Ok(None) => {
                 backoff = Duration::ZERO;
-                poll
+                // Right after a command, look again soon: commands tend to come in runs.
+                if agent.state.last_seq != ran_before {
+                    agent.hot_until = Instant::now() + HOT_WINDOW;
+                }
+                if Instant::now() < agent.hot_until {
+                    poll.min(HOT_POLL)
+                } else {
+                    poll
+                }
             }
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30));

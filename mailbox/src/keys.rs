@@ -64,9 +64,9 @@ pub fn agent_log(agent: &str, name: &str) -> String {
     format!("agents/{agent}/log/{name}")
 }
 
-/// `agents/<agent>/replies/<command>.json`: the recorded answer to one command.
-pub fn reply(agent: &str, command: &str) -> String {
-    format!("agents/{agent}/replies/{command}.json")
+/// `agents/<agent>/replies/<command>/`: recorded answers to one command, by message name.
+pub fn replies(agent: &str, command: &str) -> String {
+    format!("agents/{agent}/replies/{command}/")
 }
 
 #[cfg(test)]

@@ -1,1 +1,8 @@
-//! placeholder
+//! The Ferry manager: config, embedded store, fleet view, commands and the daemon.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod embedded;
+pub mod fleet;
+pub mod tls;

@@ -1,0 +1,184 @@
+//! The manager's config (`ferry.yaml` in its data folder) and `ferry init`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ferry_agent::config::AgentConfig;
+use ferry_mailbox::StoreConfig;
+use ferry_mailbox::seal::KeyPair;
+use ferry_mailbox::store::folder::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use crate::embedded::{Credential, EmbeddedConfig};
+
+/// Default address of the embedded store.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
+/// The manager config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// The store the manager reads and writes.
+    pub store: StoreConfig,
+    /// The manager's key file (signing commands); relative paths are from the config's folder.
+    pub key_file: PathBuf,
+    /// The embedded store `ferry serve` runs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedConfig>,
+    /// Seconds between the daemon's scans of the fleet.
+    #[serde(default = "default_scan")]
+    pub scan_secs: f64,
+    /// Heartbeat interval written into new agent configs.
+    #[serde(default = "default_heartbeat")]
+    pub agent_heartbeat_secs: f64,
+    /// Poll interval written into new agent configs.
+    #[serde(default = "default_poll")]
+    pub agent_poll_secs: f64,
+}
+
+fn default_scan() -> f64 {
+    1.0
+}
+fn default_heartbeat() -> f64 {
+    30.0
+}
+fn default_poll() -> f64 {
+    2.0
+}
+
+/// The default data folder: `$FERRY_DATA`, else `~/.ferry`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FERRY_DATA") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".ferry")
+}
+
+/// The config file in a data folder.
+pub fn config_path(data: &Path) -> PathBuf {
+    data.join("ferry.yaml")
+}
+
+impl ManagerConfig {
+    /// Reads a config file; relative paths in it are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading manager config {}: run `ferry init` first, or pass --config",
+                path.display()
+            )
+        })?;
+        let mut config: ManagerConfig = serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("manager config {} is not valid: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.key_file = base.join(&config.key_file);
+        Ok(config)
+    }
+
+    /// Writes the config file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_saphyr::to_string(self).map_err(|e| anyhow::anyhow!("encoding config: {e}"))?;
+        write_atomic(path, text.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The manager's keys.
+    pub fn keys(&self) -> Result<KeyPair> {
+        KeyPair::load(&self.key_file)
+    }
+
+    /// An agent config for this manager: the embedded store with the agent credential
+    /// when there is one, else this manager's own store config.
+    pub fn agent_config(&self, state_dir: PathBuf) -> Result<AgentConfig> {
+        let store = match &self.embedded {
+            Some(e) => StoreConfig {
+                url: self.store.url.clone(),
+                access_key: Some(e.agent.access_key.clone()),
+                secret_key: Some(e.agent.secret_key.clone()),
+                ca_pem: self.store.ca_pem.clone(),
+                region: None,
+            },
+            None => self.store.clone(),
+        };
+        Ok(AgentConfig {
+            store,
+            manager_key: self.keys()?.sign_public(),
+            state_dir,
+            heartbeat_secs: self.agent_heartbeat_secs,
+            poll_secs: self.agent_poll_secs,
+            kind: None,
+        })
+    }
+}
+
+/// Options of `ferry init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The data folder.
+    pub data: PathBuf,
+    /// Where the embedded store listens.
+    pub listen: SocketAddr,
+    /// Extra names (DNS or IP) for the store's certificate.
+    pub tls_names: Vec<String>,
+    /// Use this store instead of an embedded one.
+    pub store: Option<StoreConfig>,
+}
+
+/// Creates the data folder: manager keys, TLS material, credentials, config.
+/// Refuses to overwrite an existing config (that would orphan every agent).
+pub fn init(opts: &InitOptions) -> Result<PathBuf> {
+    let data = &opts.data;
+    let path = config_path(data);
+    anyhow::ensure!(
+        !path.exists(),
+        "{} exists already: the manager key in it is pinned by agents; remove the folder yourself to start over",
+        path.display()
+    );
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let data = data
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data.display()))?;
+    KeyPair::generate().save(&data.join("manager.key"))?;
+    let (store, embedded) = match &opts.store {
+        Some(store) => (store.clone(), None),
+        None => {
+            let mut names = vec!["localhost".to_string(), opts.listen.ip().to_string()];
+            names.extend(opts.tls_names.iter().cloned());
+            names.dedup();
+            let tls = crate::tls::generate(&names)?;
+            let dir = data.join("tls");
+            write_atomic(&dir.join("ca.pem"), tls.ca_pem.as_bytes(), 0o644)?;
+            write_atomic(&dir.join("server.pem"), tls.cert_pem.as_bytes(), 0o644)?;
+            write_atomic(&dir.join("server.key"), tls.key_pem.as_bytes(), 0o600)?;
+            let embedded = EmbeddedConfig {
+                listen: opts.listen,
+                root: data.join("store"),
+                bucket: "ferry".into(),
+                tls_cert: dir.join("server.pem"),
+                tls_key: dir.join("server.key"),
+                tls_ca: dir.join("ca.pem"),
+                manager: Credential::generate("FM"),
+                agent: Credential::generate("FA"),
+            };
+            let store = StoreConfig {
+                url: format!("s3+https://{}/ferry", opts.listen),
+                access_key: Some(embedded.manager.access_key.clone()),
+                secret_key: Some(embedded.manager.secret_key.clone()),
+                ca_pem: Some(tls.ca_pem),
+                region: None,
+            };
+            (store, Some(embedded))
+        }
+    };
+    let config = ManagerConfig {
+        store,
+        key_file: PathBuf::from("manager.key"),
+        embedded,
+        scan_secs: default_scan(),
+        agent_heartbeat_secs: default_heartbeat(),
+        agent_poll_secs: default_poll(),
+    };
+    config.save(&path)?;
+    Ok(path)
+}

@@ -1,0 +1,95 @@
+//! `ferry serve`: the embedded store (if configured) and the loop that records agent
+//! messages and watches health. Any number of replicas may run on one store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry_mailbox::health::Health;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use crate::config::ManagerConfig;
+use crate::fleet::Fleet;
+
+/// How many scans pass between health checks (each costs three reads per agent).
+const HEALTH_EVERY: u32 = 5;
+
+/// Runs the embedded store (if any) and the daemon loop until `shutdown`.
+pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let store_task = match &config.embedded {
+        Some(embedded) => {
+            let listener = crate::embedded::bind(embedded).await?;
+            let embedded = embedded.clone();
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                crate::embedded::serve(&embedded, listener, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            }))
+        }
+        None => None,
+    };
+    let store = ferry_mailbox::store::open(&config.store)?;
+    let fleet = Arc::new(Fleet::new(store, config.keys()?));
+    let scan = Duration::from_secs_f64(config.scan_secs.max(0.05));
+    drop(stop_rx);
+    watch_fleet(&fleet, scan, shutdown).await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Some(t) = store_task {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Scans the fleet every `scan`: records messages, logs health changes.
+pub async fn watch_fleet(fleet: &Fleet, scan: Duration, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut health: HashMap<String, Health> = HashMap::new();
+    let mut round: u32 = 0;
+    loop {
+        if let Err(e) = scan_once(fleet, &mut health, round % HEALTH_EVERY == 0).await {
+            warn!("fleet scan failed: {e:#}");
+        }
+        round = round.wrapping_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(scan) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+async fn scan_once(fleet: &Fleet, health: &mut HashMap<String, Health>, check_health: bool) -> Result<()> {
+    let ids = fleet.agent_ids().await?;
+    let results: Vec<_> = futures::stream::iter(ids.iter())
+        .map(|id| async move {
+            let recorded = fleet.collect(id).await;
+            let view = if check_health { Some(fleet.view(id).await) } else { None };
+            (id, recorded, view)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (id, recorded, view) in results {
+        match recorded {
+            Ok(msgs) => {
+                for r in msgs {
+                    info!(agent = %id, seq = r.message.seq, reply_to = ?r.message.in_reply_to, body = ?r.message.body, "recorded message");
+                }
+            }
+            Err(e) => warn!(agent = %id, "collecting messages failed: {e:#}"),
+        }
+        if let Some(Ok(view)) = view {
+            let before = health.insert(id.clone(), view.health);
+            if before != Some(view.health) {
+                info!(agent = %id, health = %view.health, "agent health");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! The embedded store behind `ferry serve`: S3 over TLS, backed by a folder with atomic
+//! writes, with two credential classes. *Manager* may do everything; *agent* may touch
+//! only objects under `mailboxes/<id>/` and list only inside one whole mailbox.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use ferry_mailbox::store::folder::FolderStore;
+use ferry_mailbox::{Created, Store, StoreError};
+use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::SimpleAuth;
+use s3s::dto::{self, ETag, ETagCondition, StreamingBlob, Timestamp};
+use s3s::path::S3Path;
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{debug, info, warn};
+
+/// Largest object the embedded store accepts.
+const MAX_OBJECT: usize = 64 << 20;
+
+/// Settings of the embedded store, part of the manager config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7443`.
+    pub listen: SocketAddr,
+    /// Folder holding the buckets.
+    pub root: PathBuf,
+    /// The one bucket served.
+    pub bucket: String,
+    /// Server certificate (PEM file).
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM file).
+    pub tls_key: PathBuf,
+    /// CA certificate that signed it (PEM file), handed to agents for pinning.
+    pub tls_ca: PathBuf,
+    /// Credential with full access.
+    pub manager: Credential,
+    /// Credential limited to mailboxes.
+    pub agent: Credential,
+}
+
+/// An access key and its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+}
+
+impl Credential {
+    /// A fresh random credential whose access key starts with `prefix`.
+    pub fn generate(prefix: &str) -> Self {
+        let id: [u8; 10] = ferry_mailbox::seal::random_bytes();
+        let secret: [u8; 30] = ferry_mailbox::seal::random_bytes();
+        Credential {
+            access_key: format!("{prefix}{}", hex::encode_upper(id)),
+            secret_key: ferry_mailbox::seal::b64(&secret).replace(['/', '+'], "x"),
+        }
+    }
+}
+
+/// Is `key` (or list prefix) inside exactly one mailbox: `mailboxes/<id>/…`?
+fn inside_one_mailbox(key: &str) -> bool {
+    key.strip_prefix(ferry_mailbox::keys::MAILBOXES)
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(id, _)| ferry_model::protocol::check_agent_id(id).is_ok())
+}
+
+/// Decides what each credential class may do.
+#[derive(Debug, Clone)]
+struct Access {
+    manager_key: String,
+    agent_key: String,
+    bucket: String,
+}
+
+impl Access {
+    fn is_agent(&self, cx: &S3AccessContext<'_>) -> S3Result<bool> {
+        match cx.credentials() {
+            Some(c) if c.access_key == self.manager_key => Ok(false),
+            Some(c) if c.access_key == self.agent_key => Ok(true),
+            _ => Err(s3_error!(AccessDenied, "unknown credential")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Access for Access {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if !self.is_agent(cx)? {
+            return Ok(());
+        }
+        let op = cx.s3_op().name();
+        match (cx.s3_path(), op) {
+            (S3Path::Object { bucket, key }, "PutObject" | "GetObject" | "HeadObject" | "DeleteObject")
+                if **bucket == *self.bucket && inside_one_mailbox(key) =>
+            {
+                Ok(())
+            }
+            // The prefix and keys are checked below, once the request is parsed.
+            (S3Path::Bucket { bucket }, "ListObjectsV2" | "DeleteObjects")
+                if **bucket == *self.bucket =>
+            {
+                Ok(())
+            }
+            _ => Err(s3_error!(
+                AccessDenied,
+                "agent credentials may only use objects inside one mailbox"
+            )),
+        }
+    }
+
+    async fn list_objects_v2(&self, req: &mut S3Request<dto::ListObjectsV2Input>) -> S3Result<()> {
+        let is_agent = req
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.access_key == self.agent_key);
+        if is_agent && !req.input.prefix.as_deref().is_some_and(inside_one_mailbox) {
+            return Err(s3_error!(
+                AccessDenied,
+                "agent credentials may only list inside one mailbox"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_objects(&self, req: &mut S3Request<dto::DeleteObjectsInput>) -> S3Result<()> {
+        let is_agent = req
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.access_key == self.agent_key);
+        if is_agent && !req.input.delete.objects.iter().all(|o| inside_one_mailbox(&o.key)) {
+            return Err(s3_error!(
+                AccessDenied,
+                "agent credentials may only delete inside one mailbox"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The S3 operations Ferry uses, over a [`FolderStore`] per bucket.
+#[derive(Debug)]
+struct Backend {
+    bucket: String,
+    store: FolderStore,
+    /// Serialises `If-Match` writes, the only read-modify-write the store offers.
+    if_match: tokio::sync::Mutex<()>,
+}
+
+fn etag_of(bytes: &[u8]) -> ETag {
+    ETag::Strong(blake3::hash(bytes).to_hex()[..32].to_string())
+}
+
+fn internal(e: StoreError) -> s3s::S3Error {
+    match e {
+        StoreError::BadKey { .. } => s3_error!(InvalidArgument, "{e}"),
+        e => s3_error!(InternalError, "{e}"),
+    }
+}
+
+impl Backend {
+    fn check_bucket(&self, bucket: &str) -> S3Result<()> {
+        if bucket == self.bucket {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
+    }
+
+    /// Keys under `prefix`: one level when `delimited`, else the whole subtree.
+    async fn walk(&self, prefix: &str, delimited: bool) -> S3Result<(Vec<String>, Vec<String>)> {
+        let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let dir = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut objects = Vec::new();
+        let mut folders = Vec::new();
+        let mut pending = vec![dir];
+        while let Some(dir) = pending.pop() {
+            let listing = self.store.list(&dir).await.map_err(internal)?;
+            for name in listing.objects {
+                let key = format!("{dir}{name}");
+                if key.starts_with(prefix) {
+                    objects.push(key);
+                }
+            }
+            for name in listing.folders {
+                let key = format!("{dir}{name}/");
+                if delimited {
+                    if key.starts_with(prefix) {
+                        folders.push(key);
+                    }
+                } else if key.starts_with(prefix) || prefix.starts_with(&key) {
+                    pending.push(key);
+                }
+            }
+        }
+        Ok((objects, folders))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Backend {
+    async fn put_object(&self, req: S3Request<dto::PutObjectInput>) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        let input = req.input;
+        self.check_bucket(&input.bucket)?;
+        let mut body = Vec::new();
+        if let Some(mut blob) = input.body {
+            while let Some(chunk) = blob.next().await {
+                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+                if body.len() + chunk.len() > MAX_OBJECT {
+                    return Err(s3_error!(EntityTooLarge));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+        let etag = etag_of(&body);
+        let bytes = Bytes::from(body);
+        match (input.if_none_match, input.if_match) {
+            (Some(ETagCondition::Any), _) => {
+                if self.store.create(&input.key, bytes).await.map_err(internal)? == Created::Exists {
+                    return Err(s3_error!(PreconditionFailed, "an object already exists at this key"));
+                }
+            }
+            (_, Some(cond)) => {
+                let _guard = self.if_match.lock().await;
+                let current = self.store.get(&input.key).await.map_err(internal)?;
+                let matches = match (&cond, &current) {
+                    (_, None) => false,
+                    (ETagCondition::Any, Some(_)) => true,
+                    (ETagCondition::ETag(want), Some(cur)) => {
+                        want.value() == etag_of(cur).value()
+                    }
+                };
+                if !matches {
+                    return Err(s3_error!(PreconditionFailed, "the object's ETag differs"));
+                }
+                self.store.put(&input.key, bytes).await.map_err(internal)?;
+            }
+            _ => self.store.put(&input.key, bytes).await.map_err(internal)?,
+        }
+        Ok(S3Response::new(dto::PutObjectOutput {
+            e_tag: Some(etag),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(&self, req: S3Request<dto::GetObjectInput>) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        self.check_bucket(&req.input.bucket)?;
+        let Some(bytes) = self.store.get(&req.input.key).await.map_err(internal)? else {
+            return Err(s3_error!(NoSuchKey));
+        };
+        let modified = modified(self.store.root(), &req.input.key);
+        Ok(S3Response::new(dto::GetObjectOutput {
+            content_length: Some(bytes.len() as i64),
+            e_tag: Some(etag_of(&bytes)),
+            last_modified: modified,
+            body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(&self, req: S3Request<dto::HeadObjectInput>) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        self.check_bucket(&req.input.bucket)?;
+        let Some(bytes) = self.store.get(&req.input.key).await.map_err(internal)? else {
+            return Err(s3_error!(NoSuchKey));
+        };
+        Ok(S3Response::new(dto::HeadObjectOutput {
+            content_length: Some(bytes.len() as i64),
+            e_tag: Some(etag_of(&bytes)),
+            last_modified: modified(self.store.root(), &req.input.key),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(&self, req: S3Request<dto::DeleteObjectInput>) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+        self.check_bucket(&req.input.bucket)?;
+        self.store.delete(&req.input.key).await.map_err(internal)?;
+        Ok(S3Response::new(dto::DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<dto::DeleteObjectsInput>) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+        self.check_bucket(&req.input.bucket)?;
+        let mut deleted = Vec::new();
+        for o in req.input.delete.objects {
+            self.store.delete(&o.key).await.map_err(internal)?;
+            deleted.push(dto::DeletedObject {
+                key: Some(o.key),
+                ..Default::default()
+            });
+        }
+        Ok(S3Response::new(dto::DeleteObjectsOutput {
+            deleted: Some(deleted),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_bucket(&self, req: S3Request<dto::HeadBucketInput>) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+        self.check_bucket(&req.input.bucket)?;
+        Ok(S3Response::new(dto::HeadBucketOutput::default()))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<dto::ListObjectsV2Input>) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        let input = req.input;
+        self.check_bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimited = match input.delimiter.as_deref() {
+            None => false,
+            Some("/") => true,
+            Some(_) => return Err(s3_error!(NotImplemented, "only '/' is supported as delimiter")),
+        };
+        let (objects, folders) = self.walk(&prefix, delimited).await?;
+        // One sorted run of keys and folders, paged by the last key returned.
+        let mut entries: Vec<(String, bool)> = objects
+            .into_iter()
+            .map(|k| (k, false))
+            .chain(folders.into_iter().map(|k| (k, true)))
+            .collect();
+        entries.sort();
+        let after = input
+            .continuation_token
+            .clone()
+            .or(input.start_after.clone())
+            .unwrap_or_default();
+        let max = input.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
+        let rest: Vec<_> = entries.into_iter().filter(|(k, _)| *k > after).collect();
+        let truncated = rest.len() > max;
+        let page = &rest[..rest.len().min(max)];
+        let mut contents = Vec::new();
+        let mut prefixes = Vec::new();
+        for (key, is_folder) in page {
+            if *is_folder {
+                prefixes.push(dto::CommonPrefix {
+                    prefix: Some(key.clone()),
+                });
+            } else {
+                let size = std::fs::metadata(self.store.root().join(key))
+                    .map(|m| m.len() as i64)
+                    .unwrap_or(0);
+                contents.push(dto::Object {
+                    key: Some(key.clone()),
+                    size: Some(size),
+                    last_modified: modified(self.store.root(), key),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(S3Response::new(dto::ListObjectsV2Output {
+            name: Some(self.bucket.clone()),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some(page.len() as i32),
+            is_truncated: Some(truncated),
+            next_continuation_token: truncated.then(|| page.last().map(|(k, _)| k.clone())).flatten(),
+            continuation_token: input.continuation_token,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+}
+
+fn modified(root: &Path, key: &str) -> Option<Timestamp> {
+    std::fs::metadata(root.join(key))
+        .and_then(|m| m.modified())
+        .ok()
+        .map(Timestamp::from)
+}
+
+fn tls_acceptor(config: &EmbeddedConfig) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(&config.tls_cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading TLS certificate {}", config.tls_cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&config.tls_key)
+        .with_context(|| format!("reading TLS key {}", config.tls_key.display()))?;
+    let mut tls = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Binds the embedded store's address; fails with a clear message if it is taken.
+pub async fn bind(config: &EmbeddedConfig) -> Result<TcpListener> {
+    TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} for the embedded store: is another `ferry serve` running?",
+            config.listen
+        )
+    })
+}
+
+/// Serves the embedded store on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: &EmbeddedConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    ferry_mailbox::store::install_crypto();
+    let acceptor = tls_acceptor(config)?;
+    let bucket_dir = config.root.join(&config.bucket);
+    let backend = Backend {
+        bucket: config.bucket.clone(),
+        store: FolderStore::new(&bucket_dir)?,
+        if_match: tokio::sync::Mutex::new(()),
+    };
+    let mut auth = SimpleAuth::new();
+    auth.register(config.manager.access_key.clone(), config.manager.secret_key.clone().into());
+    auth.register(config.agent.access_key.clone(), config.agent.secret_key.clone().into());
+    let mut builder = S3ServiceBuilder::new(backend);
+    builder.set_auth(auth);
+    builder.set_access(Access {
+        manager_key: config.manager.access_key.clone(),
+        agent_key: config.agent.access_key.clone(),
+        bucket: config.bucket.clone(),
+    });
+    let service = builder.build();
+    let http = ConnBuilder::new(TokioExecutor::new());
+    info!(listen = %config.listen, root = %bucket_dir.display(), "embedded store serving");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { warn!("accepting a store connection: {e}"); continue; }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
+                debug!(%peer, "store connection ended: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_scope() {
+        let id = "a".repeat(52);
+        assert!(inside_one_mailbox(&format!("mailboxes/{id}/commands/")));
+        assert!(inside_one_mailbox(&format!("mailboxes/{id}/status.json")));
+        assert!(!inside_one_mailbox("mailboxes/"));
+        assert!(!inside_one_mailbox(&format!("mailboxes/{id}")));
+        assert!(!inside_one_mailbox("mailboxes/short/x"));
+        assert!(!inside_one_mailbox(&format!("agents/{id}/log/x")));
+        assert!(!inside_one_mailbox("jobs/x"));
+    }
+}
