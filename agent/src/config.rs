@@ -39,7 +39,7 @@ fn default_heartbeat() -> f64 {
 }
 
 fn default_poll() -> f64 {
-    2.0
+    5.0
 }
 
 impl AgentConfig {
@@ -52,7 +52,8 @@ impl AgentConfig {
 
     /// Parses and checks config text (YAML; JSON is YAML too).
     pub fn parse(text: &str) -> Result<Self> {
-        let config: AgentConfig = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: AgentConfig =
+            serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         config.check()?;
         Ok(config)
     }

@@ -13,8 +13,8 @@ use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
 use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
-    Action, AgentKind, CommandPayload, Document, Heartbeat, Identity, MessageBody,
-    MessagePayload, Refusal, ReportedError, SCHEMA, Signed, Status,
+    Action, AgentKind, CommandPayload, Document, Heartbeat, Identity, MessageBody, MessagePayload,
+    Refusal, ReportedError, SCHEMA, Signed, Status,
 };
 use ferry_model::survey::Survey;
 use rand::Rng;
@@ -75,8 +75,10 @@ impl Agent {
             .context("manager_key in the agent config is not an Ed25519 public key")?;
         let state_dir = StateDir::open(&config.state_dir)?;
         let survey = crate::survey::survey();
-        let id =
-            crate::identity::load_or_create_id(&config.state_dir, &crate::survey::fingerprint(&survey))?;
+        let id = crate::identity::load_or_create_id(
+            &config.state_dir,
+            &crate::survey::fingerprint(&survey),
+        )?;
         let keys = crate::identity::load_or_create_keys(&config.state_dir)?;
         let state = state_dir.load()?;
         Ok(Agent {
@@ -157,7 +159,10 @@ impl Agent {
             });
         if !same {
             if current.is_some() {
-                warn!(key, "identity in the store differs from this agent's keys; rewriting it");
+                warn!(
+                    key,
+                    "identity in the store differs from this agent's keys; rewriting it"
+                );
             }
             self.store.put(&key, identity.to_bytes().into()).await?;
         }
@@ -167,7 +172,11 @@ impl Agent {
     /// After a crash during a command: report it interrupted; it is never run again.
     fn recover(&mut self) -> Result<()> {
         if let Some(running) = self.state.running.take() {
-            warn!(seq = running.seq, command = running.command_id, "a command was interrupted by a stop; it will not run again");
+            warn!(
+                seq = running.seq,
+                command = running.command_id,
+                "a command was interrupted by a stop; it will not run again"
+            );
             self.emit(
                 Some(running.command_id.clone()),
                 MessageBody::Interrupted { seq: running.seq },
@@ -254,7 +263,8 @@ impl Agent {
                 format!("{e}: it was not signed by the manager this agent trusts"),
             )
         })?;
-        let cmd = CommandPayload::parse(&payload).map_err(|e| (Refusal::Malformed, e.to_string()))?;
+        let cmd =
+            CommandPayload::parse(&payload).map_err(|e| (Refusal::Malformed, e.to_string()))?;
         if cmd.agent_id != self.id {
             return Err((
                 Refusal::Misaddressed,
@@ -271,7 +281,14 @@ impl Agent {
     }
 
     /// Reports a refusal and removes the refused file from the mailbox.
-    async fn refuse(&mut self, key: &str, hash: [u8; 32], in_reply_to: Option<String>, reason: Refusal, text: String) -> Result<()> {
+    async fn refuse(
+        &mut self,
+        key: &str,
+        hash: [u8; 32],
+        in_reply_to: Option<String>,
+        reason: Refusal,
+        text: String,
+    ) -> Result<()> {
         warn!(key, reason = reason.code(), "refused command: {text}");
         self.emit(
             in_reply_to,
@@ -320,7 +337,12 @@ impl Agent {
     }
 
     /// Refuses a command that was seen before, came out of order or expired; else runs it.
-    async fn consider(&mut self, key: &str, hash: [u8; 32], cmd: CommandPayload) -> Result<Option<Stop>> {
+    async fn consider(
+        &mut self,
+        key: &str,
+        hash: [u8; 32],
+        cmd: CommandPayload,
+    ) -> Result<Option<Stop>> {
         let reply = Some(cmd.command_id.clone());
         if cmd.seq <= self.state.last_seq {
             let known = self.state.find(cmd.seq).cloned();
@@ -332,15 +354,20 @@ impl Agent {
                     self.state_dir.save(&self.state)?;
                 }
                 Some(a) if a.command_id == cmd.command_id => {
-                    let text = format!("{key}: command seq {} already ran; this is a replay", cmd.seq);
-                    self.refuse(key, hash, reply, Refusal::Replayed, text).await?;
+                    let text = format!(
+                        "{key}: command seq {} already ran; this is a replay",
+                        cmd.seq
+                    );
+                    self.refuse(key, hash, reply, Refusal::Replayed, text)
+                        .await?;
                 }
                 _ => {
                     let text = format!(
                         "{key}: command seq {} is not after the last accepted seq {}; re-send it with a new seq",
                         cmd.seq, self.state.last_seq
                     );
-                    self.refuse(key, hash, reply, Refusal::Reordered, text).await?;
+                    self.refuse(key, hash, reply, Refusal::Reordered, text)
+                        .await?;
                 }
             }
             return Ok(None);
@@ -351,14 +378,20 @@ impl Agent {
                 "{key}: command expired {} ms ago; re-send it if it is still wanted",
                 now - cmd.expires_ms
             );
-            self.refuse(key, hash, reply, Refusal::Expired, text).await?;
+            self.refuse(key, hash, reply, Refusal::Expired, text)
+                .await?;
             return Ok(None);
         }
 
         // Write-ahead: once accepted on disk, the command can never run again.
         self.state.accept(cmd.seq, &cmd.command_id);
         self.state_dir.save(&self.state)?;
-        info!(seq = cmd.seq, command = cmd.command_id, action = cmd.action.name(), "running command");
+        info!(
+            seq = cmd.seq,
+            command = cmd.command_id,
+            action = cmd.action.name(),
+            "running command"
+        );
         let (body, stop) = self.execute(&cmd).await;
         self.state.running = None;
         self.emit(reply, body)?;

@@ -160,9 +160,16 @@ mod tests {
         let back = sd.load().expect("load");
         assert_eq!(back.last_seq, 5);
         assert_eq!(back.running.as_ref().map(|r| r.seq), Some(5));
-        sd.spool("00000000000000000002-b.json", b"2").expect("spool");
-        sd.spool("00000000000000000001-a.json", b"1").expect("spool");
-        let names: Vec<_> = sd.spooled().expect("list").into_iter().map(|(n, _)| n).collect();
+        sd.spool("00000000000000000002-b.json", b"2")
+            .expect("spool");
+        sd.spool("00000000000000000001-a.json", b"1")
+            .expect("spool");
+        let names: Vec<_> = sd
+            .spooled()
+            .expect("list")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names[0], "00000000000000000001-a.json");
         sd.unspool(&names[0]).expect("unspool");
         assert_eq!(sd.spooled().expect("list").len(), 1);

@@ -98,7 +98,11 @@ pub fn fingerprint(survey: &Survey) -> Fingerprint {
     Fingerprint {
         system_uuid: read_trim("/sys/class/dmi/id/product_uuid"),
         macs: survey.nics.iter().map(|n| n.mac.clone()).collect(),
-        disk_serials: survey.disks.iter().filter_map(|d| d.serial.clone()).collect(),
+        disk_serials: survey
+            .disks
+            .iter()
+            .filter_map(|d| d.serial.clone())
+            .collect(),
     }
 }
 
@@ -121,7 +125,10 @@ mod tests {
         assert_eq!(d[0].serial.as_deref(), Some("SER1"));
 
         let n = dir.path().join("net");
-        for (name, mac, state) in [("lo", "00:00:00:00:00:00", "unknown"), ("eth0", "52:54:00:12:34:56", "up")] {
+        for (name, mac, state) in [
+            ("lo", "00:00:00:00:00:00", "unknown"),
+            ("eth0", "52:54:00:12:34:56", "up"),
+        ] {
             fs::create_dir_all(n.join(name)).expect("mkdir");
             fs::write(n.join(name).join("address"), mac).expect("write");
             fs::write(n.join(name).join("operstate"), state).expect("write");

@@ -63,9 +63,21 @@ pub fn table(views: &[AgentView]) -> String {
         "AGENT", "KIND", "HEALTH", "HOST", "HEARTBEAT", "CMD SEQ"
     );
     for v in views {
-        let kind = v.identity.as_ref().map(|i| i.kind.to_string()).unwrap_or("?".into());
-        let host = v.identity.as_ref().map(|i| i.hostname.clone()).unwrap_or_default();
-        let seq = v.status.as_ref().map(|s| s.last_command_seq.to_string()).unwrap_or("-".into());
+        let kind = v
+            .identity
+            .as_ref()
+            .map(|i| i.kind.to_string())
+            .unwrap_or("?".into());
+        let host = v
+            .identity
+            .as_ref()
+            .map(|i| i.hostname.clone())
+            .unwrap_or_default();
+        let seq = v
+            .status
+            .as_ref()
+            .map(|s| s.last_command_seq.to_string())
+            .unwrap_or("-".into());
         out.push_str(&format!(
             "{:<14} {:<9} {:<8} {:<20} {:<12} {:<8}{}\n",
             &v.id[..12.min(v.id.len())],
@@ -74,7 +86,11 @@ pub fn table(views: &[AgentView]) -> String {
             host,
             ago(v.heartbeat.as_ref().map(|h| h.at_ms)),
             seq,
-            if v.problems.is_empty() { String::new() } else { format!("  ! {}", v.problems.join("; ")) }
+            if v.problems.is_empty() {
+                String::new()
+            } else {
+                format!("  ! {}", v.problems.join("; "))
+            }
         ));
     }
     out
@@ -109,18 +125,37 @@ pub async fn agent_show(config: &ManagerConfig, id: &str, json: bool) -> Result<
         println!("macs      {}", i.fingerprint.macs.join(", "));
     }
     if let Some(h) = &view.heartbeat {
-        println!("heartbeat {} (every {} s, #{})", ago(Some(h.at_ms)), h.interval_ms / 1000, h.seq);
+        println!(
+            "heartbeat {} (every {} s, #{})",
+            ago(Some(h.at_ms)),
+            h.interval_ms / 1000,
+            h.seq
+        );
     }
     if let Some(s) = &view.status {
         println!("phase     {}", s.phase);
         println!("cmd seq   {}", s.last_command_seq);
         println!("kernel    {}", s.survey.kernel);
-        println!("cpus      {}  memory {} MiB", s.survey.cpus, s.survey.memory_bytes >> 20);
+        println!(
+            "cpus      {}  memory {} MiB",
+            s.survey.cpus,
+            s.survey.memory_bytes >> 20
+        );
         for d in &s.survey.disks {
-            println!("disk      {} {} GiB {}", d.name, d.size_bytes >> 30, d.serial.clone().unwrap_or_default());
+            println!(
+                "disk      {} {} GiB {}",
+                d.name,
+                d.size_bytes >> 30,
+                d.serial.clone().unwrap_or_default()
+            );
         }
         for n in &s.survey.nics {
-            println!("nic       {} {} {}", n.name, n.mac, if n.up { "up" } else { "down" });
+            println!(
+                "nic       {} {} {}",
+                n.name,
+                n.mac,
+                if n.up { "up" } else { "down" }
+            );
         }
         if let Some(e) = &s.last_error {
             println!("error     [{}] {} ({})", e.code, e.text, ago(Some(e.at_ms)));
@@ -153,7 +188,13 @@ impl PingReport {
 
 /// Pings an agent `count` times through its mailbox; a ping refused as reordered (another
 /// manager's command got in first) is re-sent with a new seq.
-pub async fn ping_agent(fleet: &Fleet, id: &str, count: u32, timeout: Duration, mut each: impl FnMut(u32, f64)) -> Result<PingReport> {
+pub async fn ping_agent(
+    fleet: &Fleet,
+    id: &str,
+    count: u32,
+    timeout: Duration,
+    mut each: impl FnMut(u32, f64),
+) -> Result<PingReport> {
     let mut report = PingReport::default();
     let poll = Duration::from_millis(50);
     for n in 1..=count {
@@ -164,7 +205,9 @@ pub async fn ping_agent(fleet: &Fleet, id: &str, count: u32, timeout: Duration, 
             let cmd = fleet
                 .send(id, Action::Ping { sent_ms: now_ms() }, BTreeMap::new())
                 .await?;
-            let reply = fleet.await_reply(id, &cmd.command_id, timeout, poll).await?;
+            let reply = fleet
+                .await_reply(id, &cmd.command_id, timeout, poll)
+                .await?;
             match reply.body {
                 MessageBody::Pong { .. } => {
                     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -172,7 +215,10 @@ pub async fn ping_agent(fleet: &Fleet, id: &str, count: u32, timeout: Duration, 
                     each(n, ms);
                     break;
                 }
-                MessageBody::Refused { reason: Refusal::Reordered, .. } if tries < 5 => continue,
+                MessageBody::Refused {
+                    reason: Refusal::Reordered,
+                    ..
+                } if tries < 5 => continue,
                 other => anyhow::bail!("agent {id} answered ping {n} with {other:?}"),
             }
         }

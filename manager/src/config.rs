@@ -44,7 +44,7 @@ fn default_heartbeat() -> f64 {
     30.0
 }
 fn default_poll() -> f64 {
-    2.0
+    5.0
 }
 
 /// The default data folder: `$FERRY_DATA`, else `~/.ferry`.
@@ -79,8 +79,10 @@ impl ManagerConfig {
 
     /// Writes the config file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_saphyr::to_string(self).map_err(|e| anyhow::anyhow!("encoding config: {e}"))?;
-        write_atomic(path, text.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))
+        let text =
+            serde_saphyr::to_string(self).map_err(|e| anyhow::anyhow!("encoding config: {e}"))?;
+        write_atomic(path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The manager's keys.

@@ -53,7 +53,7 @@ pub async fn watch_fleet(fleet: &Fleet, scan: Duration, shutdown: impl Future<Ou
     let mut health: HashMap<String, Health> = HashMap::new();
     let mut round: u32 = 0;
     loop {
-        if let Err(e) = scan_once(fleet, &mut health, round % HEALTH_EVERY == 0).await {
+        if let Err(e) = scan_once(fleet, &mut health, round.is_multiple_of(HEALTH_EVERY)).await {
             warn!("fleet scan failed: {e:#}");
         }
         round = round.wrapping_add(1);
@@ -64,12 +64,20 @@ pub async fn watch_fleet(fleet: &Fleet, scan: Duration, shutdown: impl Future<Ou
     }
 }
 
-async fn scan_once(fleet: &Fleet, health: &mut HashMap<String, Health>, check_health: bool) -> Result<()> {
+async fn scan_once(
+    fleet: &Fleet,
+    health: &mut HashMap<String, Health>,
+    check_health: bool,
+) -> Result<()> {
     let ids = fleet.agent_ids().await?;
     let results: Vec<_> = futures::stream::iter(ids.iter())
         .map(|id| async move {
             let recorded = fleet.collect(id).await;
-            let view = if check_health { Some(fleet.view(id).await) } else { None };
+            let view = if check_health {
+                Some(fleet.view(id).await)
+            } else {
+                None
+            };
             (id, recorded, view)
         })
         .buffer_unordered(32)

@@ -106,11 +106,10 @@ impl S3Access for Access {
         }
         let op = cx.s3_op().name();
         match (cx.s3_path(), op) {
-            (S3Path::Object { bucket, key }, "PutObject" | "GetObject" | "HeadObject" | "DeleteObject")
-                if **bucket == *self.bucket && inside_one_mailbox(key) =>
-            {
-                Ok(())
-            }
+            (
+                S3Path::Object { bucket, key },
+                "PutObject" | "GetObject" | "HeadObject" | "DeleteObject",
+            ) if **bucket == *self.bucket && inside_one_mailbox(key) => Ok(()),
             // The prefix and keys are checked below, once the request is parsed.
             (S3Path::Bucket { bucket }, "ListObjectsV2" | "DeleteObjects")
                 if **bucket == *self.bucket =>
@@ -143,7 +142,14 @@ impl S3Access for Access {
             .credentials
             .as_ref()
             .is_some_and(|c| c.access_key == self.agent_key);
-        if is_agent && !req.input.delete.objects.iter().all(|o| inside_one_mailbox(&o.key)) {
+        if is_agent
+            && !req
+                .input
+                .delete
+                .objects
+                .iter()
+                .all(|o| inside_one_mailbox(&o.key))
+        {
             return Err(s3_error!(
                 AccessDenied,
                 "agent credentials may only delete inside one mailbox"
@@ -185,7 +191,11 @@ impl Backend {
     /// Keys under `prefix`: one level when `delimited`, else the whole subtree.
     async fn walk(&self, prefix: &str, delimited: bool) -> S3Result<(Vec<String>, Vec<String>)> {
         let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let dir = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let dir = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let mut objects = Vec::new();
         let mut folders = Vec::new();
         let mut pending = vec![dir];
@@ -214,7 +224,10 @@ impl Backend {
 
 #[async_trait::async_trait]
 impl S3 for Backend {
-    async fn put_object(&self, req: S3Request<dto::PutObjectInput>) -> S3Result<S3Response<dto::PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
         let input = req.input;
         self.check_bucket(&input.bucket)?;
         let mut body = Vec::new();
@@ -231,8 +244,17 @@ impl S3 for Backend {
         let bytes = Bytes::from(body);
         match (input.if_none_match, input.if_match) {
             (Some(ETagCondition::Any), _) => {
-                if self.store.create(&input.key, bytes).await.map_err(internal)? == Created::Exists {
-                    return Err(s3_error!(PreconditionFailed, "an object already exists at this key"));
+                if self
+                    .store
+                    .create(&input.key, bytes)
+                    .await
+                    .map_err(internal)?
+                    == Created::Exists
+                {
+                    return Err(s3_error!(
+                        PreconditionFailed,
+                        "an object already exists at this key"
+                    ));
                 }
             }
             (_, Some(cond)) => {
@@ -241,9 +263,7 @@ impl S3 for Backend {
                 let matches = match (&cond, &current) {
                     (_, None) => false,
                     (ETagCondition::Any, Some(_)) => true,
-                    (ETagCondition::ETag(want), Some(cur)) => {
-                        want.value() == etag_of(cur).value()
-                    }
+                    (ETagCondition::ETag(want), Some(cur)) => want.value() == etag_of(cur).value(),
                 };
                 if !matches {
                     return Err(s3_error!(PreconditionFailed, "the object's ETag differs"));
@@ -258,7 +278,10 @@ impl S3 for Backend {
         }))
     }
 
-    async fn get_object(&self, req: S3Request<dto::GetObjectInput>) -> S3Result<S3Response<dto::GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
         self.check_bucket(&req.input.bucket)?;
         let Some(bytes) = self.store.get(&req.input.key).await.map_err(internal)? else {
             return Err(s3_error!(NoSuchKey));
@@ -273,7 +296,10 @@ impl S3 for Backend {
         }))
     }
 
-    async fn head_object(&self, req: S3Request<dto::HeadObjectInput>) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
         self.check_bucket(&req.input.bucket)?;
         let Some(bytes) = self.store.get(&req.input.key).await.map_err(internal)? else {
             return Err(s3_error!(NoSuchKey));
@@ -286,13 +312,19 @@ impl S3 for Backend {
         }))
     }
 
-    async fn delete_object(&self, req: S3Request<dto::DeleteObjectInput>) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
         self.check_bucket(&req.input.bucket)?;
         self.store.delete(&req.input.key).await.map_err(internal)?;
         Ok(S3Response::new(dto::DeleteObjectOutput::default()))
     }
 
-    async fn delete_objects(&self, req: S3Request<dto::DeleteObjectsInput>) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<dto::DeleteObjectsInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectsOutput>> {
         self.check_bucket(&req.input.bucket)?;
         let mut deleted = Vec::new();
         for o in req.input.delete.objects {
@@ -308,19 +340,30 @@ impl S3 for Backend {
         }))
     }
 
-    async fn head_bucket(&self, req: S3Request<dto::HeadBucketInput>) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+    async fn head_bucket(
+        &self,
+        req: S3Request<dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
         self.check_bucket(&req.input.bucket)?;
         Ok(S3Response::new(dto::HeadBucketOutput::default()))
     }
 
-    async fn list_objects_v2(&self, req: S3Request<dto::ListObjectsV2Input>) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
         let input = req.input;
         self.check_bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimited = match input.delimiter.as_deref() {
             None => false,
             Some("/") => true,
-            Some(_) => return Err(s3_error!(NotImplemented, "only '/' is supported as delimiter")),
+            Some(_) => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "only '/' is supported as delimiter"
+                ));
+            }
         };
         let (objects, folders) = self.walk(&prefix, delimited).await?;
         // One sorted run of keys and folders, paged by the last key returned.
@@ -365,7 +408,9 @@ impl S3 for Backend {
             max_keys: Some(max as i32),
             key_count: Some(page.len() as i32),
             is_truncated: Some(truncated),
-            next_continuation_token: truncated.then(|| page.last().map(|(k, _)| k.clone())).flatten(),
+            next_continuation_token: truncated
+                .then(|| page.last().map(|(k, _)| k.clone()))
+                .flatten(),
             continuation_token: input.continuation_token,
             contents: Some(contents),
             common_prefixes: Some(prefixes),
@@ -420,8 +465,14 @@ pub async fn serve(
         if_match: tokio::sync::Mutex::new(()),
     };
     let mut auth = SimpleAuth::new();
-    auth.register(config.manager.access_key.clone(), config.manager.secret_key.clone().into());
-    auth.register(config.agent.access_key.clone(), config.agent.secret_key.clone().into());
+    auth.register(
+        config.manager.access_key.clone(),
+        config.manager.secret_key.clone().into(),
+    );
+    auth.register(
+        config.agent.access_key.clone(),
+        config.agent.secret_key.clone().into(),
+    );
     let mut builder = S3ServiceBuilder::new(backend);
     builder.set_auth(auth);
     builder.set_access(Access {

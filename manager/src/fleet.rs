@@ -13,8 +13,8 @@ use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
 use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
-    Action, CommandPayload, Document, Heartbeat, Identity, MessagePayload, SCHEMA, Sealed,
-    Signed, Status, check_agent_id,
+    Action, CommandPayload, Document, Heartbeat, Identity, MessagePayload, SCHEMA, Sealed, Signed,
+    Status, check_agent_id,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -170,7 +170,12 @@ impl Fleet {
     }
 
     /// Signs and writes a command into an agent's mailbox.
-    pub async fn send(&self, agent: &str, action: Action, secrets: BTreeMap<String, Sealed>) -> Result<CommandPayload> {
+    pub async fn send(
+        &self,
+        agent: &str,
+        action: Action,
+        secrets: BTreeMap<String, Sealed>,
+    ) -> Result<CommandPayload> {
         self.send_with(agent, action, secrets, DEFAULT_TTL, 0).await
     }
 
@@ -196,14 +201,22 @@ impl Fleet {
         };
         let env = self.keys.sign(COMMAND_TAG, &cmd.to_bytes());
         self.store
-            .put(&keys::command(agent, &cmd.command_id), env.to_bytes().into())
+            .put(
+                &keys::command(agent, &cmd.command_id),
+                env.to_bytes().into(),
+            )
             .await
             .with_context(|| format!("sending {} to agent {agent}", cmd.action.name()))?;
         Ok(cmd)
     }
 
     /// Seals a secret to an agent for one command.
-    pub fn seal_for(identity: &Identity, command_id: &str, name: &str, secret: &[u8]) -> Result<Sealed> {
+    pub fn seal_for(
+        identity: &Identity,
+        command_id: &str,
+        name: &str,
+        secret: &[u8],
+    ) -> Result<Sealed> {
         let to = seal::seal_key(&identity.seal_key)?;
         Ok(seal::seal(
             &to,
@@ -242,13 +255,18 @@ impl Fleet {
                 .and_then(|v| open_message(agent, &name, &bytes, v))
             {
                 Ok(message) => {
-                    self.store.put(&keys::agent_log(agent, &name), bytes.clone()).await?;
+                    self.store
+                        .put(&keys::agent_log(agent, &name), bytes.clone())
+                        .await?;
                     if let Some(cmd) = &message.in_reply_to {
                         self.store
                             .put(&format!("{}{name}", keys::replies(agent, cmd)), bytes)
                             .await?;
                     }
-                    out.push(Recorded { message, name: name.clone() });
+                    out.push(Recorded {
+                        message,
+                        name: name.clone(),
+                    });
                 }
                 Err(why) => {
                     warn!(agent, name, "rejected a message: {why}");
@@ -278,7 +296,13 @@ impl Fleet {
     }
 
     /// Waits for the first reply to a command, collecting the mailbox meanwhile.
-    pub async fn await_reply(&self, agent: &str, command: &str, timeout: Duration, poll: Duration) -> Result<MessagePayload> {
+    pub async fn await_reply(
+        &self,
+        agent: &str,
+        command: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<MessagePayload> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             for r in self.collect(agent).await? {
@@ -308,12 +332,20 @@ fn base64_payload(env: &Signed) -> Result<Vec<u8>> {
 }
 
 /// Verifies a message file against the agent's key and checks it belongs where it lies.
-fn open_message(agent: &str, name: &str, bytes: &[u8], key: &ed25519_dalek::VerifyingKey) -> Result<MessagePayload, String> {
+fn open_message(
+    agent: &str,
+    name: &str,
+    bytes: &[u8],
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<MessagePayload, String> {
     let env = Signed::parse(bytes).map_err(|e| e.to_string())?;
     let payload = seal::verify(MESSAGE_TAG, &env, key).map_err(|e| e.to_string())?;
     let msg = MessagePayload::parse(&payload).map_err(|e| e.to_string())?;
     if msg.agent_id != agent {
-        return Err(format!("signed by agent {}, found in another mailbox", msg.agent_id));
+        return Err(format!(
+            "signed by agent {}, found in another mailbox",
+            msg.agent_id
+        ));
     }
     if keys::message_name(msg.seq, &msg.message_id) != name {
         return Err("its name does not match its seq and id".into());

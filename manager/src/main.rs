@@ -43,6 +43,12 @@ enum Cmd {
         /// State folder the agent will use.
         #[arg(long, default_value = "/var/lib/ferry-agent")]
         state_dir: PathBuf,
+        /// Heartbeat interval in seconds (default: the manager config's).
+        #[arg(long)]
+        heartbeat: Option<f64>,
+        /// Poll interval in seconds (default: the manager config's).
+        #[arg(long)]
+        poll: Option<f64>,
     },
     /// List agents with their health.
     Agents {
@@ -83,8 +89,7 @@ enum AgentCmd {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -105,7 +110,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || ManagerConfig::load(&config_path);
     let rt = tokio::runtime::Runtime::new()?;
     match cli.cmd {
-        Cmd::Init { data, listen, tls_names } => cli::init(&InitOptions {
+        Cmd::Init {
+            data,
+            listen,
+            tls_names,
+        } => cli::init(&InitOptions {
             data: data.unwrap_or_else(config::default_data_dir),
             listen,
             tls_names,
@@ -123,12 +132,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }))
         }
-        Cmd::AgentConfig { out, state_dir } => cli::agent_config(&load()?, out.as_deref(), state_dir),
-        Cmd::Agents { json } => rt.block_on(cli::agents(&load()?, json)),
-        Cmd::Agent { cmd: AgentCmd::Show { id, json } } => rt.block_on(cli::agent_show(&load()?, &id, json)),
-        Cmd::Ping { id, count, timeout } => {
-            rt.block_on(cli::ping(&load()?, &id, count, Duration::from_secs_f64(timeout)))
+        Cmd::AgentConfig {
+            out,
+            state_dir,
+            heartbeat,
+            poll,
+        } => {
+            let mut config = load()?;
+            config.agent_heartbeat_secs = heartbeat.unwrap_or(config.agent_heartbeat_secs);
+            config.agent_poll_secs = poll.unwrap_or(config.agent_poll_secs);
+            cli::agent_config(&config, out.as_deref(), state_dir)
         }
+        Cmd::Agents { json } => rt.block_on(cli::agents(&load()?, json)),
+        Cmd::Agent {
+            cmd: AgentCmd::Show { id, json },
+        } => rt.block_on(cli::agent_show(&load()?, &id, json)),
+        Cmd::Ping { id, count, timeout } => rt.block_on(cli::ping(
+            &load()?,
+            &id,
+            count,
+            Duration::from_secs_f64(timeout),
+        )),
     }
 }
 

@@ -1,1 +1,41 @@
-fn main() {}
+//! `cargo xtask`: Ferry's build, test, demo and bench tasks, in Rust rather than shell.
+
+mod bench;
+mod demo;
+mod deps;
+mod sh;
+mod test;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  demo            start an embedded store, a manager and three agents; show and ping them
+  test            install what the tests need, then run every suite
+  deps            only install what the tests need
+  bench mailbox   1,000 simulated agents against the embedded store and moto
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["demo"] => demo::run(),
+        ["test", rest @ ..] => test::run(rest),
+        ["deps"] => deps::ensure().map(|_| ()),
+        ["bench", rest @ ..] => bench::run(rest),
+        ["help"] | ["--help"] | [] => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}

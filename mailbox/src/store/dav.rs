@@ -130,11 +130,10 @@ impl DavStore {
                 .send()
                 .await
                 .map_err(|e| self.transport("mkcol", &at, e))?;
-            // 405: it exists already. 301: some servers redirect to the slashed name.
-            match resp.status() {
-                s if s.is_success() => {}
-                StatusCode::METHOD_NOT_ALLOWED | StatusCode::MOVED_PERMANENTLY => {}
-                s => return Err(self.status("mkcol", &at, s)),
+            // 405 means it exists already; under concurrent MKCOLs Apache may answer 403
+            // or 409 while another request creates it. The PUT that follows decides.
+            if !resp.status().is_success() {
+                tracing::debug!(collection = at, status = %resp.status(), "MKCOL not applied");
             }
         }
         Ok(())

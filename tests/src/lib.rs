@@ -1,0 +1,5 @@
+//! Harness for Ferry's end-to-end suites: real store servers, agent and manager processes.
+
+pub mod procs;
+pub mod servers;
+pub mod util;
