@@ -116,6 +116,7 @@ impl Agent {
         }
         self.flush().await?;
         let stop = self.process_commands().await?;
+        self.flush().await?;
         if Instant::now() >= self.next_heartbeat {
             self.heartbeat().await?;
         }

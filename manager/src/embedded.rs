@@ -484,6 +484,8 @@ pub async fn serve(
     let http = ConnBuilder::new(TokioExecutor::new());
     info!(listen = %config.listen, root = %bucket_dir.display(), "embedded store serving");
     tokio::pin!(shutdown);
+    // Connections live in a set so that stopping the store really drops them all.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -492,10 +494,11 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
         let acceptor = acceptor.clone();
         let service = service.clone();
         let http = http.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -508,6 +511,7 @@ pub async fn serve(
             }
         });
     }
+    connections.shutdown().await;
     Ok(())
 }
 

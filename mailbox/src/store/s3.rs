@@ -76,6 +76,18 @@ impl S3Store {
                 op,
                 key: key.to_string(),
             },
+            // object_store reports some refusals (e.g. of a LIST) only inside a generic error.
+            object_store::Error::Generic { .. }
+                if ["403 Forbidden", "401 Unauthorized"]
+                    .iter()
+                    .any(|s| e.to_string().contains(s)) =>
+            {
+                StoreError::Denied {
+                    store: self.url.clone(),
+                    op,
+                    key: key.to_string(),
+                }
+            }
             object_store::Error::Generic { .. } => StoreError::Unavailable {
                 store: self.url.clone(),
                 op,
