@@ -487,8 +487,12 @@ impl Agent {
 /// Runs the agent until a `poweroff` command or `shutdown` resolves. Store outages are
 /// retried with exponential backoff (0.5 s doubling to 30 s); nothing is lost meanwhile.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<Stop> {
-    let poll = config.poll();
-    let mut agent = Agent::new(config)?;
+    run_agent(Agent::new(config)?, shutdown).await
+}
+
+/// Runs an agent made with [`Agent::with_store`] (the bench runs a fleet on one client).
+pub async fn run_agent(mut agent: Agent, shutdown: impl Future<Output = ()>) -> Result<Stop> {
+    let poll = agent.config.poll();
     info!(agent = agent.id(), "agent started");
     tokio::pin!(shutdown);
     let mut backoff = Duration::ZERO;

@@ -89,9 +89,20 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so servers such as Apache take their workers down with them;
+    /// SIGKILL after three seconds.
     fn drop(&mut self) {
-        if self.try_wait().is_none() {
-            self.kill_hard();
+        if self.try_wait().is_some() {
+            return;
         }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill_hard();
     }
 }
