@@ -115,6 +115,15 @@ pub fn check_agent_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a document's `agent_id` field, naming the document in the error.
+fn agent_id_field(kind: &'static str, id: &str) -> Result<(), DocumentError> {
+    check_agent_id(id).map_err(|detail| DocumentError::Invalid {
+        kind,
+        field: "agent_id",
+        detail,
+    })
+}
+
 /// Checks a command or message id: 1–64 chars of `[A-Za-z0-9-]`.
 pub fn check_object_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
@@ -188,11 +197,7 @@ impl Document for Identity {
         self.schema
     }
     fn validate(&self) -> Result<(), DocumentError> {
-        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
-            kind: Self::KIND,
-            field: "agent_id",
-            detail,
-        })
+        agent_id_field(Self::KIND, &self.agent_id)
     }
 }
 
@@ -217,11 +222,7 @@ impl Document for Heartbeat {
         self.schema
     }
     fn validate(&self) -> Result<(), DocumentError> {
-        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
-            kind: Self::KIND,
-            field: "agent_id",
-            detail,
-        })?;
+        agent_id_field(Self::KIND, &self.agent_id)?;
         if self.interval_ms == 0 {
             return Err(DocumentError::Invalid {
                 kind: Self::KIND,
@@ -292,11 +293,7 @@ impl Document for Status {
         self.schema
     }
     fn validate(&self) -> Result<(), DocumentError> {
-        check_agent_id(&self.agent_id).map_err(|detail| DocumentError::Invalid {
-            kind: Self::KIND,
-            field: "agent_id",
-            detail,
-        })
+        agent_id_field(Self::KIND, &self.agent_id)
     }
 }
 

@@ -58,9 +58,14 @@ pub fn ensure() -> Result<Tools> {
     Ok(Tools { moto_server })
 }
 
-/// moto in its own venv under the target folder, so no system Python is touched.
+/// moto in its own venv under `~/.cache/ferry`, so no system Python is touched and a
+/// fresh clone reuses it.
 fn ensure_moto() -> Result<PathBuf> {
-    let venv = sh::root().join("target/tools/moto-venv");
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| sh::root().join("target"));
+    let venv = cache.join("ferry/moto-venv");
     let server = venv.join("bin/moto_server");
     if server.exists() {
         return Ok(server);
