@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod ramdisk;
 pub mod runner;
 pub mod state;
 pub mod survey;

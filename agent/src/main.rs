@@ -27,10 +27,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// In the Ferry ramdisk: load drivers, bring up the network, run the agent loop.
+    /// Started by init (the agent as PID 1); not for use by hand.
+    #[command(hide = true)]
+    RamdiskAgent,
 }
 
 fn main() -> std::process::ExitCode {
+    if std::process::id() == 1 {
+        ferry_agent::ramdisk::init();
+    }
+    let console = std::env::args().nth(1).as_deref() == Some("ramdisk-agent");
     tracing_subscriber::fmt()
+        .with_ansi(!console)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -40,6 +49,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => run(config),
         Cmd::Id { config } => id(config),
+        Cmd::RamdiskAgent => {
+            return std::process::ExitCode::from(ferry_agent::ramdisk::agent_main() as u8);
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

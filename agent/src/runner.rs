@@ -13,8 +13,8 @@ use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
 use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
-    Action, AgentKind, CommandPayload, Document, Heartbeat, Identity, MessageBody, MessagePayload,
-    Refusal, ReportedError, SCHEMA, Signed, Status,
+    Action, AgentKind, BootReport, CommandPayload, Document, Heartbeat, Identity, MessageBody,
+    MessagePayload, Refusal, ReportedError, SCHEMA, Signed, Status,
 };
 use ferry_model::survey::Survey;
 use rand::Rng;
@@ -28,6 +28,8 @@ use crate::state::{AgentState, StateDir};
 pub enum Stop {
     /// A `poweroff` command was run.
     Poweroff,
+    /// A `reboot` command was run (ramdisk agents only).
+    Reboot,
 }
 
 /// A running agent: its identity, store, state and pending work.
@@ -41,6 +43,7 @@ pub struct Agent {
     state_dir: StateDir,
     state: AgentState,
     survey: Survey,
+    boot: Option<BootReport>,
     heartbeat_seq: u64,
     next_heartbeat: Instant,
     /// (key, BLAKE3 of content) of files already refused, so each is reported once.
@@ -91,6 +94,7 @@ impl Agent {
             state_dir,
             state,
             survey,
+            boot: None,
             heartbeat_seq: 0,
             next_heartbeat: Instant::now(),
             refused: HashSet::new(),
@@ -100,6 +104,12 @@ impl Agent {
             identity_done: false,
             hot_until: Instant::now(),
         })
+    }
+
+    /// Attaches the ramdisk's boot report to every status this agent writes.
+    pub fn set_boot_report(&mut self, report: BootReport) {
+        self.boot = Some(report);
+        self.status_due = true;
     }
 
     /// The agent's id (its mailbox name).
@@ -246,6 +256,7 @@ impl Agent {
             last_error: self.last_error.clone(),
             last_command_seq: self.state.last_seq,
             survey: self.survey.clone(),
+            boot: self.boot.clone(),
             updated_ms: now_ms(),
         };
         self.store
@@ -472,14 +483,23 @@ impl Agent {
                 },
                 Some(Stop::Poweroff),
             ),
-            Action::Reboot => (
-                MessageBody::Failed {
-                    action,
-                    code: "unsupported".into(),
-                    text: "this agent cannot reboot its machine yet".into(),
-                },
-                None,
-            ),
+            Action::Reboot => match self.kind {
+                AgentKind::Ramdisk => (
+                    MessageBody::Done {
+                        action,
+                        detail: "machine rebooting".into(),
+                    },
+                    Some(Stop::Reboot),
+                ),
+                AgentKind::Installed => (
+                    MessageBody::Failed {
+                        action,
+                        code: "unsupported".into(),
+                        text: "an installed agent does not reboot its server; use the server's own tools".into(),
+                    },
+                    None,
+                ),
+            },
         }
     }
 }

@@ -283,8 +283,54 @@ pub struct Status {
     pub last_command_seq: u64,
     /// The machine inventory.
     pub survey: crate::survey::Survey,
+    /// How the ramdisk brought the machine up (ramdisk agents only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootReport>,
     /// Unix milliseconds when written.
     pub updated_ms: u64,
+}
+
+/// What the ramdisk's init did before the agent loop started: drivers and network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootReport {
+    /// Modules loaded, in order.
+    pub loaded: Vec<String>,
+    /// Modules that failed to load, with the kernel's reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<ModuleFailure>,
+    /// Devices whose driver the kernel has but the ramdisk left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<MissingDriver>,
+    /// How networking came up, e.g. `dhcp eth0 10.0.2.15/24` or `static eth0 192.0.2.10/24`.
+    pub network: String,
+    /// Problems with `ferry.*` kernel parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Milliseconds from kernel start to the agent loop.
+    pub uptime_ms: u64,
+}
+
+/// A module the kernel refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleFailure {
+    /// The module.
+    pub module: String,
+    /// Why, as the kernel said it.
+    pub error: String,
+}
+
+/// A device with no driver in the ramdisk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingDriver {
+    /// The device's sysfs path, e.g. `/sys/devices/pci0000:00/0000:00:03.0`.
+    pub device: String,
+    /// Its modalias.
+    pub modalias: String,
+    /// The modules of the full kernel that would drive it.
+    pub modules: Vec<String>,
 }
 
 impl Document for Status {

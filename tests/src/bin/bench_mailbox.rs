@@ -113,7 +113,15 @@ async fn bench(
     let fleet = Fleet::new(store::open(&manager_store)?, keys);
     let start = Instant::now();
     loop {
-        let n = fleet.agent_ids().await?.len();
+        // A slow store may fail a listing now and then; only a lasting failure counts.
+        let n = match fleet.agent_ids().await {
+            Ok(ids) => ids.len(),
+            Err(e) if start.elapsed() < Duration::from_secs(300) => {
+                eprintln!("[{backend}] listing failed, retrying: {e:#}");
+                0
+            }
+            Err(e) => return Err(e),
+        };
         if n >= a.agents {
             break;
         }
@@ -236,6 +244,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         let work = tempfile::tempdir()?;
         let mut rows = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
         {
             let e = Embedded::start(&work.path().join("embedded-store")).await?;
             rows.push(bench("embedded", &a, e.agent_store(), e.manager_store(), e.config.keys()?, work.path()).await?);
@@ -243,7 +252,10 @@ fn main() -> Result<()> {
         match moto_program() {
             Some(p) => {
                 let m = Moto::start(&p, work.path()).await?;
-                rows.push(bench("moto", &a, m.store.clone(), m.store.clone(), KeyPair::generate(), work.path()).await?);
+                match bench("moto", &a, m.store.clone(), m.store.clone(), KeyPair::generate(), work.path()).await {
+                    Ok(row) => rows.push(row),
+                    Err(e) => failed.push(format!("moto did not complete the run: {e:#}")),
+                }
             }
             None => eprintln!("moto_server not found: run `cargo xtask deps`; only the embedded store was measured"),
         }
@@ -264,6 +276,9 @@ fn main() -> Result<()> {
                 r.backend, r.per_agent_min, r.by_op, r.per_heartbeat, r.scan_s, r.scan_s / 2.0, r.online, a.agents,
                 r.p50_ms, r.p50_ms / target_ping, target_ping, r.p99_ms, r.answered, r.answered + r.unanswered,
             ));
+        }
+        for f in &failed {
+            table.push_str(&format!("\n{f}\n"));
         }
         print!("{table}");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");

@@ -1,0 +1,193 @@
+//! Coldplug, as udev does it at boot: every device's `modalias` is matched against the
+//! kernel's alias table and the matching modules are loaded with their dependencies,
+//! until no new device asks for more. Devices whose driver exists in the kernel but was
+//! left out of the ramdisk are named.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_initramfs::info::ALL_ALIASES;
+use ferry_initramfs::modules::ModuleIndex;
+use ferry_model::protocol::{MissingDriver, ModuleFailure};
+
+use super::sys::{self, Load};
+
+/// What coldplug did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Modules loaded, in order.
+    pub loaded: Vec<String>,
+    /// Modules the kernel refused.
+    pub failed: Vec<ModuleFailure>,
+    /// Devices left without a driver because the ramdisk lacks it.
+    pub missing: Vec<MissingDriver>,
+}
+
+/// Every `modalias` under a sysfs devices folder: (device folder, modalias).
+pub fn modaliases(devices: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![devices.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            // Symlinks (subsystem, driver, …) would loop; real children are folders.
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == "modalias"
+                && let Ok(text) = fs::read_to_string(e.path())
+            {
+                let alias = text.trim().to_string();
+                if !alias.is_empty() {
+                    out.push((dir.clone(), alias));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The module folder of the running kernel.
+pub fn module_dir(release: &str) -> PathBuf {
+    Path::new("/lib/modules").join(release)
+}
+
+/// Loads `preload`, then the drivers of present devices, for up to `rounds` passes.
+pub fn coldplug(dir: &Path, preload: &[String], rounds: usize) -> Result<Outcome, String> {
+    let idx = ModuleIndex::open(dir).map_err(|e| e.to_string())?;
+    let full = fs::read_to_string(dir.join(ALL_ALIASES))
+        .ok()
+        .and_then(|text| ModuleIndex::parse("", &text, "", "").ok());
+    let mut out = Outcome::default();
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    load_all(&idx, dir, preload, &mut tried, &mut out);
+    for _ in 0..rounds {
+        let mut wanted = Vec::new();
+        for (_, alias) in modaliases(Path::new("/sys/devices")) {
+            for m in idx.for_modalias(&alias) {
+                if idx.paths.contains_key(&m) && !tried.contains(&m) {
+                    wanted.push(m);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+        load_all(&idx, dir, &wanted, &mut tried, &mut out);
+        // New buses (virtio, scsi hosts) need a moment to show their devices.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    if let Some(full) = full {
+        out.missing = missing(&idx, &full, &modaliases(Path::new("/sys/devices")));
+    }
+    Ok(out)
+}
+
+fn load_all(
+    idx: &ModuleIndex,
+    dir: &Path,
+    names: &[String],
+    tried: &mut BTreeSet<String>,
+    out: &mut Outcome,
+) {
+    let order = match idx.closure(names) {
+        Ok(order) => order,
+        Err(unknown) => {
+            for m in unknown {
+                out.failed.push(ModuleFailure {
+                    module: m,
+                    error: "not in this ramdisk".into(),
+                });
+            }
+            let known: Vec<&String> = names.iter().filter(|n| idx.knows(n)).collect();
+            idx.closure(&known).unwrap_or_default()
+        }
+    };
+    for m in order {
+        if !tried.insert(m.clone()) {
+            continue;
+        }
+        let Some(rel) = idx.paths.get(&m) else {
+            continue;
+        };
+        match sys::load_module(&dir.join(rel)) {
+            Ok(Load::Loaded) => out.loaded.push(m),
+            Ok(Load::Already) => {}
+            Err(e) => out.failed.push(ModuleFailure {
+                module: m,
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Devices that no loaded driver claimed and whose driver is in the full kernel but
+/// not in the ramdisk.
+pub fn missing(
+    have: &ModuleIndex,
+    full: &ModuleIndex,
+    devices: &[(PathBuf, String)],
+) -> Vec<MissingDriver> {
+    let mut out = Vec::new();
+    for (dev, alias) in devices {
+        if dev.join("driver").exists() {
+            continue;
+        }
+        let candidates = full.for_modalias(alias);
+        if candidates.is_empty() || candidates.iter().any(|m| have.paths.contains_key(m)) {
+            continue;
+        }
+        out.push(MissingDriver {
+            device: dev.to_string_lossy().to_string(),
+            modalias: alias.clone(),
+            modules: candidates,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_modaliases_and_names_drivers_left_out() {
+        let root = tempfile::tempdir().unwrap();
+        let nic = root.path().join("pci0000:00/0000:00:03.0");
+        let disk = root.path().join("pci0000:00/0000:00:04.0");
+        for (dir, alias) in [
+            (
+                &nic,
+                "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
+            ),
+            (
+                &disk,
+                "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+            ),
+        ] {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("modalias"), format!("{alias}\n")).unwrap();
+        }
+        // The disk has a driver bound already.
+        fs::create_dir_all(disk.join("driver")).unwrap();
+        let found = modaliases(root.path());
+        assert_eq!(found.len(), 2);
+        let full = ModuleIndex::parse(
+            "kernel/e1000.ko:\nkernel/virtio_pci.ko:\n",
+            "alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n",
+            "",
+            "",
+        )
+        .unwrap();
+        let have = ModuleIndex::parse("kernel/virtio_pci.ko:\n", "", "", "").unwrap();
+        let missing = missing(&have, &full, &found);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert_eq!(missing[0].modules, ["e1000"]);
+        assert!(missing[0].device.ends_with("0000:00:03.0"));
+    }
+}

@@ -1,0 +1,301 @@
+//! The agent as the ramdisk's init (PID 1).
+//!
+//! PID 1 only mounts the pseudo filesystems, then supervises: it starts the agent
+//! proper as a child (`ferry-agent ramdisk-agent`), reaps every orphan, restarts the
+//! child if it dies, and powers off or reboots when the child says a command asked
+//! for it. Everything that can fail runs in the child, so nothing can make init exit
+//! (which would panic the kernel). With `ferry.debug` a busybox shell runs on the
+//! console as well.
+
+pub mod coldplug;
+pub mod dhcp;
+pub mod net;
+pub mod sys;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Exit code of the child asking init to power the machine off.
+pub const EXIT_POWEROFF: i32 = 10;
+/// Exit code of the child asking init to reboot.
+pub const EXIT_REBOOT: i32 = 11;
+/// Exit code of the child when its config is unusable (init waits longer to retry).
+pub const EXIT_CONFIG: i32 = 12;
+
+/// Prints a line on the console, prefixed so it stands out among kernel messages.
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "ferry: {line}");
+}
+
+fn spawn(args: &[&str]) -> Option<i32> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(args)
+        .env("PATH", "/usr/bin")
+        .env("HOME", "/root")
+        .env("TERM", "vt100");
+    match cmd.spawn() {
+        Ok(child) => Some(child.id() as i32),
+        Err(e) => {
+            say(&format!("cannot start {args:?}: {e}"));
+            None
+        }
+    }
+}
+
+fn spawn_shell() -> Option<i32> {
+    let _ = Command::new("/usr/bin/busybox")
+        .args(["--install", "-s", "/usr/lib/busybox"])
+        .status();
+    let _ = std::fs::create_dir_all("/usr/lib/busybox");
+    say("debug shell on the console (ferry.debug); the agent keeps running");
+    match Command::new("/usr/bin/busybox")
+        .args(["sh", "-l"])
+        .env("PATH", "/usr/bin:/usr/lib/busybox")
+        .env("PS1", "ferry# ")
+        .spawn()
+    {
+        Ok(c) => Some(c.id() as i32),
+        Err(e) => {
+            say(&format!(
+                "cannot start the debug shell /usr/bin/busybox: {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// PID 1. Never returns.
+pub fn init() -> ! {
+    for (kind, target, opts) in [
+        ("proc", "/proc", None),
+        ("sysfs", "/sys", None),
+        ("devtmpfs", "/dev", Some("mode=0755")),
+        ("tmpfs", "/run", Some("mode=0755")),
+    ] {
+        if let Err(e) = sys::mount_fs(kind, target, opts) {
+            say(&e.to_string());
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (args, _) = ferry_boot::cmdline::parse(&cmdline);
+    let mut shell = if args.debug { spawn_shell() } else { None };
+    let mut agent = spawn(&["ramdisk-agent"]);
+    let mut started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let Some((pid, code)) = sys::reap() else {
+            // No children at all: start the agent again after a pause.
+            std::thread::sleep(backoff);
+            agent = spawn(&["ramdisk-agent"]);
+            started = Instant::now();
+            continue;
+        };
+        if Some(pid) == shell {
+            shell = spawn_shell();
+            continue;
+        }
+        if Some(pid) != agent {
+            continue; // an orphan, now reaped
+        }
+        match code {
+            Some(EXIT_POWEROFF) => {
+                say("powering off");
+                let e = sys::power(false);
+                say(&format!("power off failed: {e}"));
+            }
+            Some(EXIT_REBOOT) => {
+                say("rebooting");
+                let e = sys::power(true);
+                say(&format!("reboot failed: {e}"));
+            }
+            Some(EXIT_CONFIG) => backoff = Duration::from_secs(60),
+            other => {
+                if started.elapsed() > Duration::from_secs(120) {
+                    backoff = Duration::from_secs(1);
+                }
+                say(&format!(
+                    "the agent ended ({}); starting it again in {} s",
+                    other.map_or("killed by a signal".to_string(), |c| format!(
+                        "exit code {c}"
+                    )),
+                    backoff.as_secs()
+                ));
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        agent = spawn(&["ramdisk-agent"]);
+        started = Instant::now();
+    }
+}
+
+/// Reads an `http://` URL with a bare HTTP/1.0 GET (the boot server speaks plain HTTP,
+/// and the ramdisk has no other client before the agent starts).
+pub fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs or file paths are supported"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let mut conn = std::net::TcpStream::connect(&addr).map_err(|e| format!("{url}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: ferry-ramdisk\r\n\r\n"
+    )
+    .map_err(|e| format!("{url}: {e}"))?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{url}: the answer is not HTTP"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("{url}: the server answered {status:?}"));
+    }
+    Ok(raw[split + 4..].to_vec())
+}
+
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64)
+        .unwrap_or(0)
+}
+
+fn load_config(
+    args: &ferry_boot::cmdline::FerryArgs,
+) -> Result<crate::config::AgentConfig, String> {
+    use crate::config::AgentConfig;
+    let source = args
+        .config
+        .clone()
+        .unwrap_or_else(|| ferry_initramfs::info::CONFIG_PATH.to_string());
+    let text = if source.starts_with("http://") {
+        let bytes = http_get(&source)?;
+        String::from_utf8(bytes).map_err(|_| format!("agent config {source} is not UTF-8 text"))?
+    } else {
+        std::fs::read_to_string(&source).map_err(|e| {
+            format!(
+                "agent config {source}: {e}; bake one in with `cargo xtask ramdisk --config FILE` or pass ferry.config=PATH|http://URL"
+            )
+        })?
+    };
+    AgentConfig::parse(&text).map_err(|e| {
+        format!("agent config {source} does not parse: {e:#}; fix it (`ferry agent-config` writes a valid one)")
+    })
+}
+
+/// The agent proper in the ramdisk: drivers, network, config, then the agent loop.
+/// Returns the exit code init acts on.
+pub fn agent_main() -> i32 {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (args, arg_errors) = ferry_boot::cmdline::parse(&cmdline);
+    let warnings: Vec<String> = arg_errors.iter().map(|e| e.to_string()).collect();
+    for w in &warnings {
+        say(w);
+    }
+    let info: ferry_initramfs::info::RamdiskInfo = std::fs::read(ferry_initramfs::info::INFO_PATH)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let dir = coldplug::module_dir(&release);
+    let started = Instant::now();
+    let outcome = match coldplug::coldplug(&dir, &info.preload, 6) {
+        Ok(o) => o,
+        Err(e) => {
+            say(&format!(
+                "no modules for kernel {release} in this ramdisk ({e}); it was built for {:?}",
+                info.kernel_release
+            ));
+            coldplug::Outcome::default()
+        }
+    };
+    say(&format!(
+        "loaded {} modules in {} ms",
+        outcome.loaded.len(),
+        started.elapsed().as_millis()
+    ));
+    for f in &outcome.failed {
+        say(&format!("module {} failed to load: {}", f.module, f.error));
+    }
+    for m in &outcome.missing {
+        say(&format!(
+            "MISSING DRIVER: device {} ({}) needs {}, which this ramdisk left out; rebuild it with that module (cargo xtask ramdisk --drivers all)",
+            m.device,
+            m.modalias,
+            m.modules.join(" or ")
+        ));
+    }
+    if std::path::Path::new("/sys/firmware/efi").exists() {
+        let _ = sys::mount_fs("efivarfs", "/sys/firmware/efi/efivars", None);
+    }
+    let network = loop {
+        match net::bring_up(&args) {
+            Ok(c) => {
+                say(&format!("network: {c}"));
+                break c.to_string();
+            }
+            Err(e) => {
+                say(&format!("network: {e}; trying again in 15 s"));
+                std::thread::sleep(Duration::from_secs(15));
+            }
+        }
+    };
+    let mut config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            say(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    config.kind = Some(ferry_model::protocol::AgentKind::Ramdisk);
+    let report = ferry_model::protocol::BootReport {
+        loaded: outcome.loaded,
+        failed: outcome.failed,
+        missing: outcome.missing,
+        network,
+        warnings,
+        uptime_ms: uptime_ms(),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            say(&format!("cannot start the async runtime: {e}"));
+            return 1;
+        }
+    };
+    let result = rt.block_on(async move {
+        let mut agent = crate::runner::Agent::new(config)?;
+        say(&format!("agent {} starting (kind ramdisk)", agent.id()));
+        agent.set_boot_report(report);
+        crate::runner::run_agent(agent, std::future::pending()).await
+    });
+    match result {
+        Ok(crate::runner::Stop::Poweroff) => EXIT_POWEROFF,
+        Ok(crate::runner::Stop::Reboot) => EXIT_REBOOT,
+        Err(e) => {
+            say(&format!("the agent failed: {e:#}"));
+            1
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The few system calls the ramdisk's init needs that std does not offer: mounts,
+//! module loading, power-off, and IPv4 interface and route set-up (ioctls).
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use nix::kmod::{ModuleInitFlags, finit_module};
+use nix::mount::{MsFlags, mount};
+
+/// Mounts a pseudo filesystem, creating the mount point; "already mounted" is fine.
+pub fn mount_fs(kind: &str, target: &str, options: Option<&str>) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    match mount(Some(kind), target, Some(kind), MsFlags::MS_NOSUID, options) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(io::Error::other(format!(
+            "mounting {kind} on {target}: {e}"
+        ))),
+    }
+}
+
+/// What loading one module came to.
+pub enum Load {
+    /// Loaded now.
+    Loaded,
+    /// It was loaded already.
+    Already,
+}
+
+/// Loads one module file into the kernel.
+pub fn load_module(path: &Path) -> io::Result<Load> {
+    let file = File::open(path)?;
+    let params = CString::default();
+    match finit_module(&file, &params, ModuleInitFlags::empty()) {
+        Ok(()) => Ok(Load::Loaded),
+        Err(nix::errno::Errno::EEXIST) => Ok(Load::Already),
+        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+/// Flushes file systems and powers the machine off (or reboots it). Returns only if
+/// the kernel refused.
+pub fn power(reboot: bool) -> io::Error {
+    nix::unistd::sync();
+    let mode = if reboot {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
+    match nix::sys::reboot::reboot(mode) {
+        Ok(never) => match never {},
+        Err(e) => io::Error::from_raw_os_error(e as i32),
+    }
+}
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; this is how the ioctls take it.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+struct Sock(libc::c_int);
+
+impl Sock {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Sock(fd))
+    }
+
+    fn ioctl<T>(&self, request: libc::c_ulong, arg: &mut T, what: &str) -> io::Result<()> {
+        // SAFETY: each caller passes the struct type its request expects.
+        let rc = unsafe { libc::ioctl(self.0, request as _, arg as *mut T) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // SAFETY: the fd is ours and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Sets an interface up.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let s = Sock::new()?;
+    let mut req = ifreq(name)?;
+    s.ioctl(
+        libc::SIOCGIFFLAGS,
+        &mut req,
+        &format!("reading flags of {name}"),
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    s.ioctl(libc::SIOCSIFFLAGS, &mut req, &format!("setting {name} up"))
+}
+
+/// Gives an interface an IPv4 address and netmask.
+pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let s = Sock::new()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr(addr);
+    s.ioctl(
+        libc::SIOCSIFADDR,
+        &mut req,
+        &format!("setting {name} to {addr}"),
+    )?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+    s.ioctl(
+        libc::SIOCSIFNETMASK,
+        &mut req,
+        &format!("setting the netmask of {name}"),
+    )
+}
+
+/// Adds the default route through a gateway; an existing one is left alone.
+pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
+    let s = Sock::new()?;
+    let dev = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: rtentry is plain old data; all-zero is a valid value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr(gateway);
+    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
+    match s.ioctl(
+        libc::SIOCADDRT,
+        &mut rt,
+        &format!("adding the default route via {gateway}"),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Reaps one child, blocking; `None` when there are no children.
+pub fn reap() -> Option<(i32, Option<i32>)> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) => return Some((pid.as_raw(), Some(code))),
+            Ok(WaitStatus::Signaled(pid, _, _)) => return Some((pid.as_raw(), None)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}

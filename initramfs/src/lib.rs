@@ -1,0 +1,18 @@
+//! Ramdisk assembly for Ferry: a newc cpio writer, kernel module selection with full
+//! dependency closure, the ELF library closure of tools, and the build of the Ferry
+//! ramdisk from a declarative manifest.
+//!
+//! Without the default `build` feature only [`modules`] and [`info`] are compiled: the
+//! agent uses them at boot to match devices to drivers.
+
+pub mod info;
+pub mod modules;
+
+#[cfg(feature = "build")]
+pub mod build;
+#[cfg(feature = "build")]
+pub mod cpio;
+#[cfg(feature = "build")]
+pub mod elf;
+#[cfg(feature = "build")]
+pub mod manifest;
