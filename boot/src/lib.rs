@@ -4,6 +4,7 @@
 
 pub mod cmdline;
 pub mod ipxe;
+pub mod iso;
 pub mod pxe;
 
 /// The kernel and initrd file names Ferry uses everywhere.

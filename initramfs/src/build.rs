@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cpio::Archive;
-use crate::info::{ALL_ALIASES, CONFIG_PATH, INFO_PATH, RamdiskInfo};
+use crate::info::{CONFIG_PATH, INFO_PATH, RamdiskInfo};
 use crate::manifest::Manifest;
 use crate::modules::{ModuleIndex, glob_match};
 
@@ -146,6 +146,14 @@ pub fn assemble(inputs: &Inputs) -> Result<Ramdisk> {
     }
 
     let (modules, preload, release) = add_modules(&mut a, inputs)?;
+    let idx = ModuleIndex::open(&inputs.modules_dir)?;
+    let m = &inputs.manifest.modules;
+    let watch: BTreeSet<String> = m
+        .storage
+        .iter()
+        .chain(&m.network)
+        .flat_map(|p| idx.under(p))
+        .collect();
     let (firmware, firmware_missing) = if inputs.firmware {
         add_firmware(&mut a, inputs, &modules)?
     } else {
@@ -169,6 +177,7 @@ pub fn assemble(inputs: &Inputs) -> Result<Ramdisk> {
         excluded: inputs.exclude.clone(),
         tools,
         firmware,
+        watch: watch.into_iter().collect(),
     };
     a.file(INFO_PATH, 0o644, serde_json::to_vec_pretty(&info)?)?;
     Ok(Ramdisk {
@@ -294,12 +303,10 @@ fn add_modules(
     let (dep, soft) = idx.subset_texts(&keep);
     a.file(&format!("{base}/modules.dep"), 0o644, dep.into_bytes())?;
     a.file(&format!("{base}/modules.softdep"), 0o644, soft.into_bytes())?;
+    // The whole alias table, not the subset's: the agent names the drivers left out.
     for f in ["modules.builtin", "modules.alias"] {
         if let Ok(data) = fs::read(dir.join(f)) {
-            a.file(&format!("{base}/{f}"), 0o644, data.clone())?;
-            if f == "modules.alias" {
-                a.file(&format!("{base}/{ALL_ALIASES}"), 0o644, data)?;
-            }
+            a.file(&format!("{base}/{f}"), 0o644, data)?;
         }
     }
     let preload = idx

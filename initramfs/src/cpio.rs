@@ -264,6 +264,21 @@ impl<W: Write> Counter<'_, W> {
     }
 }
 
+/// A small uncompressed archive holding the agent config, to put *before* a ramdisk:
+/// the kernel unpacks concatenated archives in order, so this adds the config to a
+/// ramdisk built without one (how the boot server and `ferry boot-files` personalise
+/// the same ramdisk for each manager).
+pub fn config_overlay(config_yaml: &str) -> Vec<u8> {
+    let mut a = Archive::new();
+    // The path is a constant below the root; insert cannot fail.
+    let _ = a.file(
+        crate::info::CONFIG_PATH,
+        0o600,
+        config_yaml.as_bytes().to_vec(),
+    );
+    a.to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +325,14 @@ mod tests {
         assert_eq!(field(11), 2); // name length with NUL
         assert_eq!(&b[110..112], b"f\0");
         assert_eq!(&b[112..115], b"abc"); // 110 + 2 = 112, already aligned
+    }
+
+    #[test]
+    fn config_overlay_holds_only_the_config() {
+        let bytes = config_overlay("store: {}\n");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("etc/ferry/agent.yaml"));
+        assert!(text.contains("store: {}"));
+        assert!(text.contains("TRAILER!!!"));
     }
 }

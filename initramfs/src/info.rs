@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 pub const INFO_PATH: &str = "/etc/ferry/ramdisk.json";
 /// Where the agent config is baked in.
 pub const CONFIG_PATH: &str = "/etc/ferry/agent.yaml";
-/// The kernel's full alias table, kept so the agent can name drivers left out.
-pub const ALL_ALIASES: &str = "modules.alias.all";
 
 /// Facts about one ramdisk build.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -27,4 +25,8 @@ pub struct RamdiskInfo {
     pub tools: Vec<String>,
     /// Firmware files included.
     pub firmware: Vec<String>,
+    /// Every storage and network driver of the full kernel, included or not: a device
+    /// that one of these would drive but the ramdisk lacks is reported missing.
+    #[serde(default)]
+    pub watch: Vec<String>,
 }

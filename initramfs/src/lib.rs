@@ -2,16 +2,15 @@
 //! dependency closure, the ELF library closure of tools, and the build of the Ferry
 //! ramdisk from a declarative manifest.
 //!
-//! Without the default `build` feature only [`modules`] and [`info`] are compiled: the
-//! agent uses them at boot to match devices to drivers.
+//! Without the default `build` feature only [`cpio`], [`modules`] and [`info`] are
+//! compiled: the agent uses them at boot, the manager to add configs to a ramdisk.
 
+pub mod cpio;
 pub mod info;
 pub mod modules;
 
 #[cfg(feature = "build")]
 pub mod build;
-#[cfg(feature = "build")]
-pub mod cpio;
 #[cfg(feature = "build")]
 pub mod elf;
 #[cfg(feature = "build")]

@@ -34,6 +34,10 @@ pub struct ModuleIndex {
     softdeps: HashMap<String, Vec<String>>,
     /// (pattern, module) from `modules.alias`, in file order.
     pub aliases: Vec<(String, String)>,
+    /// Each alias pattern's literal prefix (up to its first wildcard), for a cheap
+    /// rejection before the glob match: matching thousands of patterns against every
+    /// device must stay fast on a slow (emulated) CPU.
+    literal: Vec<usize>,
     /// Modules built into the kernel image.
     pub builtin: BTreeSet<String>,
 }
@@ -119,9 +123,12 @@ impl ModuleIndex {
             }
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
-                (Some("alias"), Some(pattern), Some(module)) => idx
-                    .aliases
-                    .push((pattern.to_string(), module.replace('-', "_"))),
+                (Some("alias"), Some(pattern), Some(module)) => {
+                    idx.literal
+                        .push(pattern.find(['*', '?', '[']).unwrap_or(pattern.len()));
+                    idx.aliases
+                        .push((pattern.to_string(), module.replace('-', "_")));
+                }
                 _ => return Err(("modules.alias", n + 1, line.to_string())),
             }
         }
@@ -172,9 +179,7 @@ impl ModuleIndex {
             return Vec::new();
         }
         let mut out: Vec<String> = self
-            .aliases
-            .iter()
-            .filter(|(pattern, _)| glob_match(pattern, name))
+            .matching(name)
             .map(|(_, m)| m.clone())
             .filter(|m| self.paths.contains_key(m))
             .collect();
@@ -191,12 +196,24 @@ impl ModuleIndex {
     /// The modules whose alias matches a device's modalias, in `modules.alias` order.
     pub fn for_modalias(&self, modalias: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for (pattern, module) in &self.aliases {
-            if !out.contains(module) && glob_match(pattern, modalias) {
+        for (_, module) in self.matching(modalias) {
+            if !out.contains(module) {
                 out.push(module.clone());
             }
         }
         out
+    }
+
+    /// The (pattern, module) pairs whose pattern matches `text`.
+    fn matching<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a (String, String)> + 'a {
+        self.aliases
+            .iter()
+            .zip(&self.literal)
+            .filter(move |((pattern, _), lit)| {
+                text.as_bytes().starts_with(&pattern.as_bytes()[..**lit])
+                    && glob_match(pattern, text)
+            })
+            .map(|(pair, _)| pair)
     }
 
     /// The named modules and everything they need, each after its dependencies (the

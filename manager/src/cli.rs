@@ -246,3 +246,114 @@ pub async fn ping(config: &ManagerConfig, id: &str, count: u32, timeout: Duratio
     );
     Ok(())
 }
+
+/// `ferry boot-files`: a PXE tree (and ISO) with this manager's agent config inside.
+pub fn boot_files(
+    config: &ManagerConfig,
+    out: &Path,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    append: &str,
+    iso: bool,
+) -> Result<()> {
+    let from_boot_dir = |name: &str| -> Result<PathBuf> {
+        let boot = config.boot.as_ref().with_context(|| {
+            format!(
+                "no --{name} given and the config has no boot server folder; pass --{name} FILE"
+            )
+        })?;
+        Ok(boot.dir.join(if name == "kernel" {
+            ferry_boot::KERNEL
+        } else {
+            ferry_boot::INITRD
+        }))
+    };
+    let kernel = match kernel {
+        Some(k) => k,
+        None => from_boot_dir("kernel")?,
+    };
+    let initrd = match initrd {
+        Some(i) => i,
+        None => from_boot_dir("initrd")?,
+    };
+    let base = std::fs::read(&initrd).with_context(|| {
+        format!(
+            "reading ramdisk {} (build it with `cargo xtask ramdisk`)",
+            initrd.display()
+        )
+    })?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let personal = out.join(".initrd.personal");
+    std::fs::write(
+        &personal,
+        crate::bootserver::personalised_initrd(config, &base)?,
+    )?;
+    let tree = ferry_boot::pxe::write_tree(
+        out,
+        &kernel,
+        &personal,
+        append,
+        Path::new(ferry_boot::pxe::IPXE_DIR),
+    )?;
+    for m in &tree.missing_loaders {
+        eprintln!(
+            "warning: {m} is missing (Debian package ipxe): plain-PXE firmware cannot chain to iPXE"
+        );
+    }
+    if iso {
+        ferry_boot::iso::make_iso(&out.join("ferry.iso"), &kernel, &personal, append)?;
+    }
+    std::fs::remove_file(&personal)?;
+    println!(
+        "wrote {} (vmlinuz, initrd.zst with this manager's agent config, boot.ipxe, undionly.kpxe, ipxe.efi, dnsmasq.conf{})",
+        out.display(),
+        if iso { ", ferry.iso" } else { "" }
+    );
+    Ok(())
+}
+
+/// `ferry boot-host`: stores one machine's extra kernel parameters.
+pub async fn boot_host(config: &ManagerConfig, mac: &str, append: &str) -> Result<()> {
+    let mac = ferry_boot::cmdline::parse_mac(mac)
+        .with_context(|| format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56"))?;
+    let (_, errors) = ferry_boot::cmdline::parse(append);
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{e}");
+    }
+    let store = ferry_mailbox::store::open(&config.store)?;
+    let body = serde_json::to_vec_pretty(&crate::bootserver::HostBoot {
+        append: append.to_string(),
+    })?;
+    store
+        .put(&crate::bootserver::host_key(&mac), body.into())
+        .await?;
+    println!("{mac}: boots with {:?}", append);
+    Ok(())
+}
+
+/// `ferry poweroff` / `ferry reboot`.
+pub async fn power(
+    config: &ManagerConfig,
+    id: &str,
+    reboot: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let fleet = fleet(config)?;
+    let id = fleet.resolve(id).await?;
+    let action = if reboot {
+        Action::Reboot
+    } else {
+        Action::Poweroff
+    };
+    let cmd = fleet.send(&id, action, BTreeMap::new()).await?;
+    let reply = fleet
+        .await_reply(&id, &cmd.command_id, timeout, Duration::from_millis(100))
+        .await?;
+    match reply.body {
+        MessageBody::Done { detail, .. } => {
+            println!("{}: {detail}", &id[..12]);
+            Ok(())
+        }
+        other => anyhow::bail!("agent {id} did not obey: {other:?}"),
+    }
+}

@@ -35,6 +35,13 @@ pub struct ManagerConfig {
     /// Poll interval written into new agent configs.
     #[serde(default = "default_poll")]
     pub agent_poll_secs: f64,
+    /// The store URL as agents reach it, when it differs from the manager's (e.g.
+    /// `s3+https://10.0.2.2:7443/ferry` for VMs on QEMU's user network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_store_url: Option<String>,
+    /// The HTTP boot server `ferry serve` runs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::bootserver::BootConfig>,
 }
 
 fn default_scan() -> f64 {
@@ -93,7 +100,7 @@ impl ManagerConfig {
     /// An agent config for this manager: the embedded store with the agent credential
     /// when there is one, else this manager's own store config.
     pub fn agent_config(&self, state_dir: PathBuf) -> Result<AgentConfig> {
-        let store = match &self.embedded {
+        let mut store = match &self.embedded {
             Some(e) => StoreConfig {
                 url: self.store.url.clone(),
                 access_key: Some(e.agent.access_key.clone()),
@@ -103,6 +110,9 @@ impl ManagerConfig {
             },
             None => self.store.clone(),
         };
+        if let Some(url) = &self.agent_store_url {
+            store.url = url.clone();
+        }
         Ok(AgentConfig {
             store,
             manager_key: self.keys()?.sign_public(),
@@ -125,6 +135,14 @@ pub struct InitOptions {
     pub tls_names: Vec<String>,
     /// Use this store instead of an embedded one.
     pub store: Option<StoreConfig>,
+    /// The store URL as agents reach it, if not the manager's.
+    pub agent_store_url: Option<String>,
+    /// The boot server, if wanted.
+    pub boot: Option<crate::bootserver::BootConfig>,
+    /// Heartbeat interval for agent configs (default 30 s).
+    pub agent_heartbeat_secs: Option<f64>,
+    /// Poll interval for agent configs (default 5 s).
+    pub agent_poll_secs: Option<f64>,
 }
 
 /// Creates the data folder: manager keys, TLS material, credentials, config.
@@ -178,8 +196,10 @@ pub fn init(opts: &InitOptions) -> Result<PathBuf> {
         key_file: PathBuf::from("manager.key"),
         embedded,
         scan_secs: default_scan(),
-        agent_heartbeat_secs: default_heartbeat(),
-        agent_poll_secs: default_poll(),
+        agent_heartbeat_secs: opts.agent_heartbeat_secs.unwrap_or_else(default_heartbeat),
+        agent_poll_secs: opts.agent_poll_secs.unwrap_or_else(default_poll),
+        agent_store_url: opts.agent_store_url.clone(),
+        boot: opts.boot.clone(),
     };
     config.save(&path)?;
     Ok(path)

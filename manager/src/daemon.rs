@@ -35,12 +35,29 @@ pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) ->
         None => None,
     };
     let store = ferry_mailbox::store::open(&config.store)?;
+    let boot_task = match &config.boot {
+        Some(boot) => {
+            let listener = crate::bootserver::bind(boot).await?;
+            let (config, boot, store) = (config.clone(), boot.clone(), store.clone());
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                crate::bootserver::serve(config, boot, store, listener, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            }))
+        }
+        None => None,
+    };
     let fleet = Arc::new(Fleet::new(store, config.keys()?));
     let scan = Duration::from_secs_f64(config.scan_secs.max(0.05));
     drop(stop_rx);
     watch_fleet(&fleet, scan, shutdown).await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(t) = boot_task {
+        t.await??;
+    }
     if let Some(t) = store_task {
         t.await??;
     }

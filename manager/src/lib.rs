@@ -1,5 +1,6 @@
 //! The Ferry manager: config, embedded store, fleet view, commands and the daemon.
 
+pub mod bootserver;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ferry_manager::bootserver::BootConfig;
 use ferry_manager::cli;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
 
@@ -32,6 +33,71 @@ enum Cmd {
         /// Extra DNS name or IP address for the store's certificate (repeatable).
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// The store URL as agents reach it, if not the manager's
+        /// (e.g. s3+https://10.0.2.2:7443/ferry for VMs on QEMU's user network).
+        #[arg(long)]
+        agent_store_url: Option<String>,
+        /// Heartbeat interval written into agent configs, in seconds.
+        #[arg(long)]
+        agent_heartbeat: Option<f64>,
+        /// Poll interval written into agent configs, in seconds.
+        #[arg(long)]
+        agent_poll: Option<f64>,
+        /// Run an HTTP boot server (iPXE) on this address.
+        #[arg(long, requires_all = ["boot_dir", "boot_url"])]
+        boot_listen: Option<SocketAddr>,
+        /// Folder with vmlinuz and initrd.zst for the boot server (`cargo xtask ramdisk` output).
+        #[arg(long)]
+        boot_dir: Option<PathBuf>,
+        /// Base URL machines fetch boot files from, e.g. http://10.0.2.2:8081/boot/.
+        #[arg(long)]
+        boot_url: Option<String>,
+        /// Kernel parameters for every machine the boot server boots.
+        #[arg(long, default_value = "")]
+        boot_append: String,
+    },
+    /// Write a PXE/TFTP tree (and optionally an ISO) whose ramdisk carries this
+    /// manager's agent config, for an existing DHCP/TFTP setup or for CD/USB boots.
+    BootFiles {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Kernel image (default: vmlinuz in the boot server's folder).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Configless ramdisk (default: initrd.zst in the boot server's folder).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Extra kernel parameters.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Also write ferry.iso (hybrid BIOS + UEFI; needs grub-mkrescue).
+        #[arg(long)]
+        iso: bool,
+    },
+    /// Set the kernel parameters the boot server gives one machine.
+    BootHost {
+        /// The machine's MAC address.
+        mac: String,
+        /// Extra kernel parameters, e.g. "ferry.ip=192.0.2.10/24,192.0.2.1".
+        #[arg(long, default_value = "")]
+        append: String,
+    },
+    /// Power a ramdisk agent's machine off (an installed agent just stops).
+    Poweroff {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Reboot a ramdisk agent's machine.
+    Reboot {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Run the manager daemon and the embedded store.
     Serve,
@@ -114,12 +180,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             listen,
             tls_names,
+            agent_store_url,
+            agent_heartbeat,
+            agent_poll,
+            boot_listen,
+            boot_dir,
+            boot_url,
+            boot_append,
         } => cli::init(&InitOptions {
             data: data.unwrap_or_else(config::default_data_dir),
             listen,
             tls_names,
             store: None,
+            agent_store_url,
+            boot: match (boot_listen, boot_dir, boot_url) {
+                (Some(listen), Some(dir), Some(url)) => Some(BootConfig {
+                    listen,
+                    dir: std::path::absolute(&dir)?,
+                    url: if url.ends_with('/') {
+                        url
+                    } else {
+                        format!("{url}/")
+                    },
+                    append: boot_append,
+                }),
+                _ => None,
+            },
+            agent_heartbeat_secs: agent_heartbeat,
+            agent_poll_secs: agent_poll,
         }),
+        Cmd::BootFiles {
+            out,
+            kernel,
+            initrd,
+            append,
+            iso,
+        } => cli::boot_files(&load()?, &out, kernel, initrd, &append, iso),
+        Cmd::BootHost { mac, append } => rt.block_on(cli::boot_host(&load()?, &mac, &append)),
+        Cmd::Poweroff { id, timeout } => rt.block_on(cli::power(
+            &load()?,
+            &id,
+            false,
+            Duration::from_secs_f64(timeout),
+        )),
+        Cmd::Reboot { id, timeout } => rt.block_on(cli::power(
+            &load()?,
+            &id,
+            true,
+            Duration::from_secs_f64(timeout),
+        )),
         Cmd::Serve => {
             let config = load()?;
             rt.block_on(ferry_manager::daemon::serve(config, async {

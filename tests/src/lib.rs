@@ -4,3 +4,4 @@ pub mod counting;
 pub mod procs;
 pub mod servers;
 pub mod util;
+pub mod vm;

@@ -32,6 +32,10 @@ impl Embedded {
             listen,
             tls_names: vec![],
             store: None,
+            agent_store_url: None,
+            boot: None,
+            agent_heartbeat_secs: None,
+            agent_poll_secs: None,
         })?;
         let config = ManagerConfig::load(&config_path)?;
         let mut e = Embedded {

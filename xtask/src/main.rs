@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod ramdisk;
 mod sh;
 mod test;
 
@@ -14,6 +15,7 @@ tasks:
   demo            start an embedded store, a manager and three agents; show and ping them
   test            install what the tests need, then run every suite
   deps            only install what the tests need
+  ramdisk [opts]  build the Ferry ramdisk, PXE tree and ISO into target/ferry/ (--help)
   bench mailbox   1,000 simulated agents against the embedded store and moto
 ";
 
@@ -31,6 +33,7 @@ fn run() -> Result<()> {
         ["demo"] => demo::run(),
         ["test", rest @ ..] => test::run(rest),
         ["deps"] => deps::ensure().map(|_| ()),
+        ["ramdisk", rest @ ..] => ramdisk::run(rest).map(|_| ()),
         ["bench", rest @ ..] => bench::run(rest),
         ["help"] | ["--help"] | [] => {
             print!("{USAGE}");

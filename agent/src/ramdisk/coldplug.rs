@@ -8,7 +8,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_initramfs::info::ALL_ALIASES;
 use ferry_initramfs::modules::ModuleIndex;
 use ferry_model::protocol::{MissingDriver, ModuleFailure};
 
@@ -57,15 +56,20 @@ pub fn module_dir(release: &str) -> PathBuf {
     Path::new("/lib/modules").join(release)
 }
 
-/// Loads `preload`, then the drivers of present devices, for up to `rounds` passes.
-pub fn coldplug(dir: &Path, preload: &[String], rounds: usize) -> Result<Outcome, String> {
+/// Loads modules by name with their dependencies (the ramdisk's preload list).
+pub fn load_named(dir: &Path, names: &[String]) -> Result<Outcome, String> {
     let idx = ModuleIndex::open(dir).map_err(|e| e.to_string())?;
-    let full = fs::read_to_string(dir.join(ALL_ALIASES))
-        .ok()
-        .and_then(|text| ModuleIndex::parse("", &text, "", "").ok());
+    let mut out = Outcome::default();
+    load_all(&idx, dir, names, &mut BTreeSet::new(), &mut out);
+    Ok(out)
+}
+
+/// Loads the drivers of present devices, for up to `rounds` passes, then names the
+/// devices that a `watch` driver would drive but the ramdisk lacks.
+pub fn coldplug(dir: &Path, watch: &[String], rounds: usize) -> Result<Outcome, String> {
+    let idx = ModuleIndex::open(dir).map_err(|e| e.to_string())?;
     let mut out = Outcome::default();
     let mut tried: BTreeSet<String> = BTreeSet::new();
-    load_all(&idx, dir, preload, &mut tried, &mut out);
     for _ in 0..rounds {
         let mut wanted = Vec::new();
         for (_, alias) in modaliases(Path::new("/sys/devices")) {
@@ -82,9 +86,13 @@ pub fn coldplug(dir: &Path, preload: &[String], rounds: usize) -> Result<Outcome
         // New buses (virtio, scsi hosts) need a moment to show their devices.
         std::thread::sleep(Duration::from_millis(150));
     }
-    if let Some(full) = full {
-        out.missing = missing(&idx, &full, &modaliases(Path::new("/sys/devices")));
-    }
+    // The ramdisk keeps the kernel's whole alias table, so `idx` also knows the
+    // drivers that were left out.
+    let watch: BTreeSet<&str> = watch.iter().map(String::as_str).collect();
+    out.missing = missing(&idx, &idx, &modaliases(Path::new("/sys/devices")))
+        .into_iter()
+        .filter(|m| m.modules.iter().any(|c| watch.contains(c.as_str())))
+        .collect();
     Ok(out)
 }
 

@@ -220,7 +220,13 @@ pub fn agent_main() -> i32 {
         .to_string();
     let dir = coldplug::module_dir(&release);
     let started = Instant::now();
-    let outcome = match coldplug::coldplug(&dir, &info.preload, 6) {
+    // Filesystem, RAID and LVM modules load beside device coldplug and DHCP: on a slow
+    // CPU the big ones (xfs, raid456) take most of a second each.
+    let preload = {
+        let (dir, names) = (dir.clone(), info.preload.clone());
+        std::thread::spawn(move || coldplug::load_named(&dir, &names))
+    };
+    let mut outcome = match coldplug::coldplug(&dir, &info.watch, 6) {
         Ok(o) => o,
         Err(e) => {
             say(&format!(
@@ -231,13 +237,10 @@ pub fn agent_main() -> i32 {
         }
     };
     say(&format!(
-        "loaded {} modules in {} ms",
+        "coldplug loaded {} modules in {} ms",
         outcome.loaded.len(),
         started.elapsed().as_millis()
     ));
-    for f in &outcome.failed {
-        say(&format!("module {} failed to load: {}", f.module, f.error));
-    }
     for m in &outcome.missing {
         say(&format!(
             "MISSING DRIVER: device {} ({}) needs {}, which this ramdisk left out; rebuild it with that module (cargo xtask ramdisk --drivers all)",
@@ -245,9 +248,6 @@ pub fn agent_main() -> i32 {
             m.modalias,
             m.modules.join(" or ")
         ));
-    }
-    if std::path::Path::new("/sys/firmware/efi").exists() {
-        let _ = sys::mount_fs("efivarfs", "/sys/firmware/efi/efivars", None);
     }
     let network = loop {
         match net::bring_up(&args) {
@@ -261,6 +261,20 @@ pub fn agent_main() -> i32 {
             }
         }
     };
+    match preload.join() {
+        Ok(Ok(p)) => {
+            outcome.loaded.extend(p.loaded);
+            outcome.failed.extend(p.failed);
+        }
+        Ok(Err(e)) => say(&format!("preloading modules: {e}")),
+        Err(_) => say("preloading modules failed"),
+    }
+    for f in &outcome.failed {
+        say(&format!("module {} failed to load: {}", f.module, f.error));
+    }
+    if std::path::Path::new("/sys/firmware/efi").exists() {
+        let _ = sys::mount_fs("efivarfs", "/sys/firmware/efi/efivars", None);
+    }
     let mut config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -286,7 +300,11 @@ pub fn agent_main() -> i32 {
     };
     let result = rt.block_on(async move {
         let mut agent = crate::runner::Agent::new(config)?;
-        say(&format!("agent {} starting (kind ramdisk)", agent.id()));
+        say(&format!(
+            "agent {} starting (kind ramdisk, uptime {:.1} s)",
+            agent.id(),
+            uptime_ms() as f64 / 1000.0
+        ));
         agent.set_boot_report(report);
         crate::runner::run_agent(agent, std::future::pending()).await
     });

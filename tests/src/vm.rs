@@ -1,0 +1,323 @@
+//! The QEMU harness: the ramdisk `cargo xtask ramdisk` built, a manager (`ferry serve`
+//! with its embedded store and boot server) set up for guests on QEMU's user network,
+//! and VMs under TCG whose serial console goes to a file the tests read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::procs::{Proc, bin};
+use crate::util::free_port;
+
+/// The OVMF build that boots both from CD and by iPXE's EFI driver.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// The MAC address tests give the guest's NIC.
+pub const MAC: &str = "52:54:00:12:34:56";
+
+/// Where `cargo xtask ramdisk` writes.
+pub fn ramdisk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ferry")
+}
+
+/// Whether the VM suites must run (set by `cargo xtask test` and `vm-test`).
+pub fn vms_required() -> bool {
+    std::env::var_os("FERRY_REQUIRE_VMS").is_some()
+}
+
+/// The ramdisk folder, or `None` (after saying why) when VM tests may be skipped.
+pub fn ramdisk() -> Option<PathBuf> {
+    let dir = ramdisk_dir();
+    let ready = ["vmlinuz", "initrd.zst"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+        && Path::new("/usr/bin/qemu-system-x86_64").exists();
+    if ready {
+        return Some(dir);
+    }
+    if vms_required() {
+        panic!(
+            "the ramdisk ({}) or qemu-system-x86_64 is missing; `cargo xtask vm-test` builds and installs them",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: no ramdisk in {} (run `cargo xtask vm-test`)",
+        dir.display()
+    );
+    None
+}
+
+/// A QEMU guest, ended (by its PID) when dropped.
+pub struct Qemu {
+    proc: Proc,
+    console: PathBuf,
+    started: Instant,
+}
+
+/// The options every test VM shares: TCG, one CPU, 1 GiB, serial console to a file,
+/// no display, exit instead of reboot, a 64 MiB scratch disk.
+pub fn base_args(work: &Path, console: &Path) -> Result<Vec<String>> {
+    let disk = work.join("disk.qcow2");
+    if !disk.exists() {
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("64M")
+            .output()
+            .context("running qemu-img (Debian: qemu-utils)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "qemu-img: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok([
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-serial".into(),
+        format!("file:{}", console.display()),
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2", disk.display()),
+    ])
+    .collect())
+}
+
+impl Qemu {
+    /// Starts `qemu-system-x86_64` with `args` (inside network namespace `netns` if given).
+    pub fn start(
+        work: &Path,
+        console: &Path,
+        args: &[String],
+        netns: Option<&str>,
+    ) -> Result<Qemu> {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        cmd.args(args);
+        let proc = Proc::spawn("qemu", &mut cmd, &work.join("qemu.log"))?;
+        Ok(Qemu {
+            proc,
+            console: console.to_path_buf(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The serial console so far.
+    pub fn console(&self) -> String {
+        std::fs::read(&self.console)
+            .map(|b| String::from_utf8_lossy(&b).to_string())
+            .unwrap_or_default()
+    }
+
+    /// Seconds since QEMU started.
+    pub fn age(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Waits until the console shows `needle`.
+    pub async fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.console().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.try_wait() {
+                bail!(
+                    "QEMU ended ({status}) before the console showed {needle:?}:\n{}",
+                    self.tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "the console did not show {needle:?} within {timeout:?}:\n{}",
+            self.tail()
+        )
+    }
+
+    /// Waits for QEMU to exit (the guest powered off) and returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.proc.try_wait() {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "the VM did not power off within {timeout:?}:\n{}",
+            self.tail()
+        )
+    }
+
+    /// The last lines of the console, for failure messages.
+    pub fn tail(&self) -> String {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n") + "\nqemu: " + &self.proc.log()
+    }
+}
+
+/// A manager for guests: embedded store and boot server on the host's loopback (which
+/// guests reach as 10.0.2.2), or on 192.0.2.1 inside a network namespace.
+pub struct Manager {
+    /// Its data folder.
+    pub data: PathBuf,
+    config: PathBuf,
+    serve: Option<Proc>,
+    netns: Option<String>,
+    /// Base URL of the boot server as guests see it.
+    pub boot_url: String,
+}
+
+impl Manager {
+    /// Initialises and starts a manager. `host` is the address guests reach it at and
+    /// `bind` the local address it binds (both 10.0.2.2 / 127.0.0.1 on QEMU's user
+    /// network; 192.0.2.1 inside `netns`).
+    pub fn start(work: &Path, netns: Option<&str>) -> Result<Manager> {
+        let (bind, host) = match netns {
+            Some(_) => ("192.0.2.1", "192.0.2.1"),
+            None => ("127.0.0.1", "10.0.2.2"),
+        };
+        let (store_port, boot_port) = (free_port(), free_port());
+        let data = work.join("manager");
+        let boot_url = format!("http://{host}:{boot_port}/boot/");
+        let mut m = Manager {
+            config: data.join("ferry.yaml"),
+            data,
+            serve: None,
+            netns: netns.map(str::to_string),
+            boot_url: boot_url.clone(),
+        };
+        m.ferry(&[
+            "init",
+            "--data",
+            &m.data.to_string_lossy(),
+            "--listen",
+            &format!("{bind}:{store_port}"),
+            "--tls-name",
+            host,
+            "--agent-store-url",
+            &format!("s3+https://{host}:{store_port}/ferry"),
+            "--agent-heartbeat",
+            "2",
+            "--agent-poll",
+            "1",
+            "--boot-listen",
+            &format!("{bind}:{boot_port}"),
+            "--boot-dir",
+            &ramdisk_dir().to_string_lossy(),
+            "--boot-url",
+            &boot_url,
+            "--boot-append",
+            "panic=-1",
+        ])?;
+        let mut cmd = m.command();
+        cmd.arg("serve");
+        m.serve = Some(Proc::spawn(
+            "ferry serve",
+            &mut cmd,
+            &work.join("serve.log"),
+        )?);
+        Ok(m)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("ferry"));
+                c
+            }
+            None => Command::new(bin("ferry")),
+        };
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    /// Runs a `ferry` subcommand; its standard output, or an error with its stderr.
+    pub fn ferry(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .context("running ferry")?;
+        if !out.status.success() {
+            bail!(
+                "ferry {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Writes boot files (PXE tree and ISO) with this manager's agent config into `dir`.
+    pub fn boot_files(&self, dir: &Path, append: &str) -> Result<()> {
+        let r = ramdisk_dir();
+        self.ferry(&[
+            "boot-files",
+            "--out",
+            &dir.to_string_lossy(),
+            "--kernel",
+            &r.join("vmlinuz").to_string_lossy(),
+            "--initrd",
+            &r.join("initrd.zst").to_string_lossy(),
+            "--append",
+            append,
+            "--iso",
+        ])
+        .map(|_| ())
+    }
+
+    /// Waits for a ramdisk agent that has a status and has beaten its heart twice;
+    /// returns its view (`ferry agent show --json`).
+    pub async fn wait_ramdisk_agent(&self, vm: &mut Qemu, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(text) = self.ferry(&["agents", "--json"])
+                && let Ok(Value::Array(agents)) = serde_json::from_str::<Value>(&text)
+            {
+                for a in agents {
+                    let ramdisk = a["status"]["kind"] == "ramdisk";
+                    let beats = a["heartbeat"]["seq"].as_u64().unwrap_or(0);
+                    if ramdisk && beats >= 2 {
+                        return Ok(a);
+                    }
+                }
+            }
+            if let Some(status) = vm.proc.try_wait() {
+                bail!(
+                    "QEMU ended ({status}) before the agent reported:\n{}",
+                    vm.tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!(
+            "no ramdisk agent heartbeat within {timeout:?}:\n{}",
+            vm.tail()
+        )
+    }
+}
