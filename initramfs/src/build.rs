@@ -454,6 +454,51 @@ mod tests {
         );
     }
 
+    fn inputs(agent: &str, modules: &str) -> Inputs {
+        Inputs {
+            manifest: Manifest::parse(crate::manifest::DEFAULT).unwrap(),
+            modules_dir: modules.into(),
+            agent: agent.into(),
+            config: None,
+            drivers: DriverSet::Virtio,
+            exclude: vec![],
+            firmware: false,
+            firmware_dir: "/lib/firmware".into(),
+        }
+    }
+
+    fn error(i: &Inputs) -> String {
+        match assemble(i) {
+            Ok(_) => panic!("assembled from bad inputs {i:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_named_with_what_to_do() {
+        let err = error(&inputs("/nonexistent/ferry-agent", "/nonexistent/modules"));
+        assert!(
+            err.contains("reading the agent binary /nonexistent/ferry-agent"),
+            "{err}"
+        );
+        let err = error(&inputs("/bin/sh", "/nonexistent/modules"));
+        assert!(err.contains("dynamically linked"), "{err}");
+        // busybox-static is a static binary, as the agent must be.
+        if std::path::Path::new("/bin/busybox").exists() {
+            let err = error(&inputs("/bin/busybox", "/nonexistent/modules"));
+            assert!(
+                err.contains("/nonexistent/modules does not exist") && err.contains("linux-image"),
+                "{err}"
+            );
+            let empty = tempfile::tempdir().unwrap();
+            let err = error(&inputs("/bin/busybox", &empty.path().to_string_lossy()));
+            assert!(
+                err.contains("modules.dep") && err.contains("depmod"),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn pci_patterns() {
         assert!(pci_alias_matches(

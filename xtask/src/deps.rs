@@ -1,5 +1,6 @@
 //! Installs what the test suites need, idempotently and quietly: Debian packages for
-//! Apache mod_dav, nftables and network namespaces, and moto as the independent S3 server.
+//! Apache mod_dav, nftables and network namespaces, QEMU and what the ramdisk is built
+//! from, and moto as the independent S3 server.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,7 +16,35 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("openssl", "/usr/bin/openssl"),
     ("python3-venv", ""),
+    // The ramdisk, its boot media and the QEMU suites.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("linux-image-amd64", ""),
+    ("ipxe-qemu", "/usr/lib/ipxe/qemu/pxe-virtio.rom"),
+    ("ipxe", "/usr/lib/ipxe/undionly.kpxe"),
+    ("ovmf", "/usr/share/ovmf/OVMF.fd"),
+    ("busybox-static", "/bin/busybox"),
+    ("xorriso", "/usr/bin/xorriso"),
+    ("mtools", "/usr/bin/mcopy"),
+    ("grub-common", "/usr/bin/grub-mkrescue"),
+    ("grub-pc-bin", "/usr/lib/grub/i386-pc/eltorito.img"),
+    ("grub-efi-amd64-bin", "/usr/lib/grub/x86_64-efi/linux.mod"),
+    ("grub2-common", "/usr/sbin/grub-install"),
+    ("lvm2", "/usr/sbin/lvm"),
+    ("mdadm", "/usr/sbin/mdadm"),
+    ("xfsprogs", "/usr/sbin/mkfs.xfs"),
+    ("dosfstools", "/usr/sbin/mkfs.vfat"),
+    ("e2fsprogs", "/usr/sbin/mke2fs"),
+    ("gdisk", "/usr/sbin/sgdisk"),
+    ("fdisk", "/usr/sbin/sfdisk"),
+    ("kexec-tools", "/usr/sbin/kexec"),
+    ("musl-tools", "/usr/bin/musl-gcc"),
+    ("cpio", "/usr/bin/cpio"),
+    ("zstd", "/usr/bin/zstd"),
+    ("ca-certificates", "/etc/ssl/certs/ca-certificates.crt"),
 ];
+
+/// Installed after the rest: installing qemu-system-x86 can remove a newer qemu-utils.
+const AFTER: &[(&str, &str)] = &[("qemu-utils", "/usr/bin/qemu-img")];
 
 /// Paths of installed tools, passed to the tests as environment variables.
 pub struct Tools {
@@ -23,9 +52,8 @@ pub struct Tools {
     pub moto_server: PathBuf,
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
-        .iter()
+fn missing_packages(list: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    list.iter()
         .filter(|(pkg, probe)| {
             if probe.is_empty() {
                 !Command::new("dpkg")
@@ -43,10 +71,17 @@ fn missing_packages() -> Vec<&'static str> {
 
 /// Installs whatever is missing and returns where the tools are.
 pub fn ensure() -> Result<Tools> {
-    let missing = missing_packages();
-    if !missing.is_empty() {
+    let mut updated = false;
+    for list in [PACKAGES, AFTER] {
+        let missing = missing_packages(list);
+        if missing.is_empty() {
+            continue;
+        }
         eprintln!("xtask: installing Debian packages {}", missing.join(" "));
-        sh::quiet(Command::new("apt-get").args(["update", "-qq"]))?;
+        if !updated {
+            sh::quiet(Command::new("apt-get").args(["update", "-qq"]))?;
+            updated = true;
+        }
         sh::quiet(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")

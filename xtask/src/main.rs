@@ -14,6 +14,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   demo            start an embedded store, a manager and three agents; show and ping them
   test            install what the tests need, then run every suite
+  vm-test         build the ramdisk, then run the QEMU suites only
   deps            only install what the tests need
   ramdisk [opts]  build the Ferry ramdisk, PXE tree and ISO into target/ferry/ (--help)
   bench mailbox   1,000 simulated agents against the embedded store and moto
@@ -32,6 +33,7 @@ fn run() -> Result<()> {
     match args.as_slice() {
         ["demo"] => demo::run(),
         ["test", rest @ ..] => test::run(rest),
+        ["vm-test", rest @ ..] => test::vm(rest),
         ["deps"] => deps::ensure().map(|_| ()),
         ["ramdisk", rest @ ..] => ramdisk::run(rest).map(|_| ()),
         ["bench", rest @ ..] => bench::run(rest),

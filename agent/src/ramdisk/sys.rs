@@ -98,10 +98,24 @@ impl Sock {
     }
 
     fn ioctl<T>(&self, request: libc::c_ulong, arg: &mut T, what: &str) -> io::Result<()> {
+        self.ioctl_allowing(request, arg, what, None)
+    }
+
+    /// Like `ioctl`, treating the errno `fine` as success.
+    fn ioctl_allowing<T>(
+        &self,
+        request: libc::c_ulong,
+        arg: &mut T,
+        what: &str,
+        fine: Option<i32>,
+    ) -> io::Result<()> {
         // SAFETY: each caller passes the struct type its request expects.
         let rc = unsafe { libc::ioctl(self.0, request as _, arg as *mut T) };
         if rc < 0 {
             let e = io::Error::last_os_error();
+            if fine.is_some() && e.raw_os_error() == fine {
+                return Ok(());
+            }
             return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
         }
         Ok(())
