@@ -44,6 +44,7 @@ pub struct Agent {
     state: AgentState,
     survey: Survey,
     boot: Option<BootReport>,
+    boot_updates: Option<std::sync::mpsc::Receiver<BootReport>>,
     heartbeat_seq: u64,
     next_heartbeat: Instant,
     /// (key, BLAKE3 of content) of files already refused, so each is reported once.
@@ -95,6 +96,7 @@ impl Agent {
             state,
             survey,
             boot: None,
+            boot_updates: None,
             heartbeat_seq: 0,
             next_heartbeat: Instant::now(),
             refused: HashSet::new(),
@@ -112,6 +114,11 @@ impl Agent {
         self.status_due = true;
     }
 
+    /// Later versions of the boot report (the ramdisk's init finishing its work).
+    pub fn set_boot_updates(&mut self, updates: std::sync::mpsc::Receiver<BootReport>) {
+        self.boot_updates = Some(updates);
+    }
+
     /// The agent's id (its mailbox name).
     pub fn id(&self) -> &str {
         &self.id
@@ -123,6 +130,9 @@ impl Agent {
             self.publish_identity().await?;
             self.recover()?;
             self.identity_done = true;
+        }
+        if let Some(report) = self.boot_updates.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.set_boot_report(report);
         }
         self.flush().await?;
         let stop = self.process_commands().await?;

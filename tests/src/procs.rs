@@ -10,11 +10,11 @@ use nix::unistd::Pid;
 /// Path of a workspace binary (`ferry`, `ferry-agent`) next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("locating the test executable");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is inside target/<profile>/deps");
+    // target/<profile>/deps/<test> or target/<profile>/<bench> → target/<profile>/<name>
+    let mut dir = exe.parent().expect("the executable is in a folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps is inside target/<profile>");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -320,4 +320,27 @@ impl Manager {
             vm.tail()
         )
     }
+
+    /// Waits until `ferry agent show ID --json` satisfies `done`; returns that view.
+    pub async fn wait_agent_status(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(text) = self.ferry(&["agent", "show", id, "--json"])
+                && let Ok(view) = serde_json::from_str::<Value>(&text)
+            {
+                if done(&view) {
+                    return Ok(view);
+                }
+                last = view;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!("agent {id} did not reach the expected state within {timeout:?}; last: {last}")
+    }
 }

@@ -30,9 +30,18 @@ async fn boot_case(
     let mut args = base_args(work, &console)?;
     args.extend(extra);
     let mut vm = Qemu::start(work, &console, &args, netns)?;
-    let agent = manager.wait_ramdisk_agent(&mut vm, BOOT_TIMEOUT).await?;
-    let id = agent["id"].as_str().unwrap_or_default().to_string();
+    let first = manager.wait_ramdisk_agent(&mut vm, BOOT_TIMEOUT).await?;
+    let id = first["id"].as_str().unwrap_or_default().to_string();
     eprintln!("agent {id} reported after {:.1} s", vm.age());
+    // Filesystem, RAID and LVM modules load beside the agent; the status says when.
+    let agent = manager
+        .wait_agent_status(&id, Duration::from_secs(120), |a| {
+            let loaded = &a["status"]["boot"]["loaded"];
+            ["xfs", "raid1", "dm_mod"]
+                .iter()
+                .all(|m| loaded.as_array().is_some_and(|l| l.iter().any(|v| v == m)))
+        })
+        .await?;
     let survey = &agent["status"]["survey"];
     let disks: Vec<&str> = survey["disks"]
         .as_array()

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: runs the benchmark binaries in release mode.
+//! `cargo xtask bench`: runs the benchmark binaries (`mailbox` in release mode;
+//! `ramdisk` builds the real ramdisk first, then boots it every way).
 
 use std::process::Command;
 
@@ -28,6 +29,27 @@ pub fn run(args: &[&str]) -> Result<()> {
                     .args(rest),
             )
         }
-        _ => bail!("usage: cargo xtask bench mailbox [--agents N] [--seconds S]"),
+        ["ramdisk", rest @ ..] => {
+            deps::ensure()?;
+            // The real artifact: all drivers, zstd -19.
+            crate::ramdisk::run(rest)?;
+            sh::run(Command::new("cargo").current_dir(sh::root()).args([
+                "build",
+                "--workspace",
+                "--bins",
+                "--quiet",
+            ]))?;
+            sh::run(Command::new("cargo").current_dir(sh::root()).args([
+                "run",
+                "--quiet",
+                "-p",
+                "ferry-tests",
+                "--bin",
+                "bench-ramdisk",
+            ]))
+        }
+        _ => bail!(
+            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]"
+        ),
     }
 }

@@ -57,17 +57,20 @@ pub fn module_dir(release: &str) -> PathBuf {
 }
 
 /// Loads modules by name with their dependencies (the ramdisk's preload list).
-pub fn load_named(dir: &Path, names: &[String]) -> Result<Outcome, String> {
-    let idx = ModuleIndex::open(dir).map_err(|e| e.to_string())?;
+pub fn load_named(idx: &ModuleIndex, dir: &Path, names: &[String]) -> Outcome {
     let mut out = Outcome::default();
-    load_all(&idx, dir, names, &mut BTreeSet::new(), &mut out);
-    Ok(out)
+    load_all(idx, dir, names, &mut BTreeSet::new(), &mut out);
+    out
+}
+
+/// Reads the ramdisk's module index (once: on an emulated CPU parsing it is slow).
+pub fn index(dir: &Path) -> Result<ModuleIndex, String> {
+    ModuleIndex::open(dir).map_err(|e| e.to_string())
 }
 
 /// Loads the drivers of present devices, for up to `rounds` passes, then names the
 /// devices that a `watch` driver would drive but the ramdisk lacks.
-pub fn coldplug(dir: &Path, watch: &[String], rounds: usize) -> Result<Outcome, String> {
-    let idx = ModuleIndex::open(dir).map_err(|e| e.to_string())?;
+pub fn coldplug(idx: &ModuleIndex, dir: &Path, watch: &[String], rounds: usize) -> Outcome {
     let mut out = Outcome::default();
     let mut tried: BTreeSet<String> = BTreeSet::new();
     for _ in 0..rounds {
@@ -82,18 +85,18 @@ pub fn coldplug(dir: &Path, watch: &[String], rounds: usize) -> Result<Outcome, 
         if wanted.is_empty() {
             break;
         }
-        load_all(&idx, dir, &wanted, &mut tried, &mut out);
+        load_all(idx, dir, &wanted, &mut tried, &mut out);
         // New buses (virtio, scsi hosts) need a moment to show their devices.
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(50));
     }
     // The ramdisk keeps the kernel's whole alias table, so `idx` also knows the
     // drivers that were left out.
     let watch: BTreeSet<&str> = watch.iter().map(String::as_str).collect();
-    out.missing = missing(&idx, &idx, &modaliases(Path::new("/sys/devices")))
+    out.missing = missing(idx, idx, &modaliases(Path::new("/sys/devices")))
         .into_iter()
         .filter(|m| m.modules.iter().any(|c| watch.contains(c.as_str())))
         .collect();
-    Ok(out)
+    out
 }
 
 fn load_all(

@@ -220,22 +220,17 @@ pub fn agent_main() -> i32 {
         .to_string();
     let dir = coldplug::module_dir(&release);
     let started = Instant::now();
-    // Filesystem, RAID and LVM modules load beside device coldplug and DHCP: on a slow
-    // CPU the big ones (xfs, raid456) take most of a second each.
-    let preload = {
-        let (dir, names) = (dir.clone(), info.preload.clone());
-        std::thread::spawn(move || coldplug::load_named(&dir, &names))
-    };
-    let mut outcome = match coldplug::coldplug(&dir, &info.watch, 6) {
-        Ok(o) => o,
+    let idx = match coldplug::index(&dir) {
+        Ok(idx) => std::sync::Arc::new(idx),
         Err(e) => {
             say(&format!(
                 "no modules for kernel {release} in this ramdisk ({e}); it was built for {:?}",
                 info.kernel_release
             ));
-            coldplug::Outcome::default()
+            std::sync::Arc::new(Default::default())
         }
     };
+    let outcome = coldplug::coldplug(&idx, &dir, &info.watch, 6);
     say(&format!(
         "coldplug loaded {} modules in {} ms",
         outcome.loaded.len(),
@@ -261,19 +256,8 @@ pub fn agent_main() -> i32 {
             }
         }
     };
-    match preload.join() {
-        Ok(Ok(p)) => {
-            outcome.loaded.extend(p.loaded);
-            outcome.failed.extend(p.failed);
-        }
-        Ok(Err(e)) => say(&format!("preloading modules: {e}")),
-        Err(_) => say("preloading modules failed"),
-    }
     for f in &outcome.failed {
         say(&format!("module {} failed to load: {}", f.module, f.error));
-    }
-    if std::path::Path::new("/sys/firmware/efi").exists() {
-        let _ = sys::mount_fs("efivarfs", "/sys/firmware/efi/efivars", None);
     }
     let mut config = match load_config(&args) {
         Ok(c) => c,
@@ -291,6 +275,30 @@ pub fn agent_main() -> i32 {
         warnings,
         uptime_ms: uptime_ms(),
     };
+    // Filesystem, RAID and LVM modules load while the agent starts: on a slow CPU the
+    // big ones (xfs, raid456) take most of a second each, and the first heartbeat
+    // need not wait for them. The status is updated when they are in.
+    let (updates, reports) = std::sync::mpsc::channel();
+    {
+        let (idx, dir, names) = (idx.clone(), dir.clone(), info.preload.clone());
+        let mut report = report.clone();
+        std::thread::spawn(move || {
+            let p = coldplug::load_named(&idx, &dir, &names);
+            for f in &p.failed {
+                say(&format!("module {} failed to load: {}", f.module, f.error));
+            }
+            say(&format!(
+                "preloaded {} filesystem, RAID and LVM modules",
+                p.loaded.len()
+            ));
+            if std::path::Path::new("/sys/firmware/efi").exists() {
+                let _ = sys::mount_fs("efivarfs", "/sys/firmware/efi/efivars", None);
+            }
+            report.loaded.extend(p.loaded);
+            report.failed.extend(p.failed);
+            let _ = updates.send(report);
+        });
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -306,6 +314,7 @@ pub fn agent_main() -> i32 {
             uptime_ms() as f64 / 1000.0
         ));
         agent.set_boot_report(report);
+        agent.set_boot_updates(reports);
         crate::runner::run_agent(agent, std::future::pending()).await
     });
     match result {
