@@ -130,8 +130,12 @@ impl Agent {
             self.publish_identity().await?;
             self.recover()?;
             self.identity_done = true;
+            // Say "alive" before anything slower.
+            self.heartbeat().await?;
         }
-        if let Some(report) = self.boot_updates.as_ref().and_then(|rx| rx.try_recv().ok()) {
+        while let Some(report) = self.boot_updates.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            // Drivers loaded since the agent started may have brought disks and NICs.
+            self.survey = crate::survey::survey();
             self.set_boot_report(report);
         }
         self.flush().await?;

@@ -272,18 +272,21 @@ impl ModuleIndex {
 
     /// The texts of `modules.dep` and `modules.softdep` for a subset of modules, as a
     /// module folder holding only that subset needs them.
-    pub fn subset_texts(&self, keep: &BTreeSet<String>) -> (String, String) {
+    /// `suffix` is appended to every path (`.zst` when the files are compressed).
+    pub fn subset_texts(&self, keep: &BTreeSet<String>, suffix: &str) -> (String, String) {
         let mut dep = String::new();
         for (name, path) in &self.paths {
             if !keep.contains(name) {
                 continue;
             }
             dep.push_str(path);
+            dep.push_str(suffix);
             dep.push(':');
             for d in self.deps.get(name).into_iter().flatten() {
                 if let Some(p) = self.paths.get(d) {
                     dep.push(' ');
                     dep.push_str(p);
+                    dep.push_str(suffix);
                 }
             }
             dep.push('\n');
@@ -465,10 +468,15 @@ alias pci:v*d*sv*sd*bc01sc06i01* ahci
     fn subset_texts_keep_only_the_subset() {
         let idx = index();
         let keep: BTreeSet<String> = idx.closure(&["ahci"]).unwrap().into_iter().collect();
-        let (dep, soft) = idx.subset_texts(&keep);
+        let (dep, soft) = idx.subset_texts(&keep, ".zst");
         assert!(dep.contains(
-            "kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libahci.ko kernel/drivers/ata/libata.ko"
+            "kernel/drivers/ata/ahci.ko.zst: kernel/drivers/ata/libahci.ko.zst kernel/drivers/ata/libata.ko.zst"
         ));
+        let back = ModuleIndex::parse(&dep, "", &soft, "").unwrap();
+        assert_eq!(
+            back.closure(&["ahci"]).unwrap(),
+            ["libata", "libahci", "ahci"]
+        );
         assert!(!dep.contains("ext4"));
         assert!(soft.is_empty());
     }

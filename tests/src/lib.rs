@@ -1,5 +1,6 @@
 //! Harness for Ferry's end-to-end suites: real store servers, agent and manager processes.
 
+pub mod bench;
 pub mod counting;
 pub mod procs;
 pub mod servers;

@@ -293,6 +293,7 @@ async fn a_missing_nic_driver_is_named() -> Result<()> {
         exclude: vec!["e1000".into()],
         firmware: false,
         firmware_dir: "/lib/firmware".into(),
+        level: 1,
     };
     let built = build::assemble(&inputs)?;
     assert!(!built.info.modules.iter().any(|m| m == "e1000"));

@@ -33,12 +33,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             deps::ensure()?;
             // The real artifact: all drivers, zstd -19.
             crate::ramdisk::run(rest)?;
-            sh::run(Command::new("cargo").current_dir(sh::root()).args([
-                "build",
-                "--workspace",
-                "--bins",
-                "--quiet",
-            ]))?;
+            sh::build_bins()?;
             sh::run(Command::new("cargo").current_dir(sh::root()).args([
                 "run",
                 "--quiet",

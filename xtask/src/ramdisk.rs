@@ -183,6 +183,7 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
         exclude: o.exclude.clone(),
         firmware: o.firmware,
         firmware_dir: PathBuf::from("/lib/firmware"),
+        level: o.level,
     };
     let ramdisk = build::assemble(&inputs)?;
     let raw = ramdisk.archive.to_bytes();

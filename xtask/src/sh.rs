@@ -45,3 +45,13 @@ pub fn quiet(cmd: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
+
+/// Builds every binary of the workspace (the suites and benches start them).
+pub fn build_bins() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--quiet",
+    ]))
+}

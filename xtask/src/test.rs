@@ -30,12 +30,7 @@ pub fn vm(extra: &[&str]) -> Result<()> {
 
 fn suites(which: &[&str], extra: &[&str]) -> Result<()> {
     let tools = deps::ensure()?;
-    sh::run(Command::new("cargo").current_dir(sh::root()).args([
-        "build",
-        "--workspace",
-        "--bins",
-        "--quiet",
-    ]))?;
+    sh::build_bins()?;
     // The suites boot this ramdisk; zstd -3 builds in seconds and boots as fast as -19.
     crate::ramdisk::run(&["--level", "3"])?;
     sh::run(

@@ -85,6 +85,15 @@ pub fn coldplug(idx: &ModuleIndex, dir: &Path, watch: &[String], rounds: usize) 
         if wanted.is_empty() {
             break;
         }
+        // Buses and NICs first, alone: networking waits for them, while disk
+        // controllers (the ATA stack is slow to probe) can come a round later.
+        let early = |m: &String| {
+            let path = idx.paths.get(m).map(String::as_str).unwrap_or("");
+            path.contains("/drivers/virtio/") || path.contains("/drivers/net/")
+        };
+        if wanted.iter().any(early) {
+            wanted.retain(early);
+        }
         load_all(idx, dir, &wanted, &mut tried, &mut out);
         // New buses (virtio, scsi hosts) need a moment to show their devices.
         std::thread::sleep(Duration::from_millis(50));

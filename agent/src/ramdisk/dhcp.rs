@@ -126,7 +126,8 @@ pub fn obtain(iface: &str, mac: &str, total: Duration) -> io::Result<Lease> {
     let sock = socket(iface)?;
     let mac = mac_bytes(mac);
     let deadline = Instant::now() + total;
-    let mut wait = Duration::from_secs(1);
+    // Early frames after link-up are often lost: ask again soon, then back off.
+    let mut wait = Duration::from_millis(250);
     while Instant::now() < deadline {
         let xid: u32 = rand::random();
         send(&sock, &request(MessageType::Discover, xid, &mac, None))?;

@@ -170,7 +170,8 @@ pub fn http_get(url: &str) -> Result<Vec<u8>, String> {
     Ok(raw[split + 4..].to_vec())
 }
 
-fn uptime_ms() -> u64 {
+/// Milliseconds since the kernel started.
+pub fn uptime_ms() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
@@ -230,24 +231,19 @@ pub fn agent_main() -> i32 {
             std::sync::Arc::new(Default::default())
         }
     };
-    let outcome = coldplug::coldplug(&idx, &dir, &info.watch, 6);
-    say(&format!(
-        "coldplug loaded {} modules in {} ms",
-        outcome.loaded.len(),
-        started.elapsed().as_millis()
-    ));
-    for m in &outcome.missing {
-        say(&format!(
-            "MISSING DRIVER: device {} ({}) needs {}, which this ramdisk left out; rebuild it with that module (cargo xtask ramdisk --drivers all)",
-            m.device,
-            m.modalias,
-            m.modules.join(" or ")
-        ));
-    }
+    // Coldplug runs beside networking: DHCP starts as soon as a NIC shows up, while
+    // slower devices (disk controllers, CD drives) are still being probed.
+    let plug = {
+        let (idx, dir, watch) = (idx.clone(), dir.clone(), info.watch.clone());
+        std::thread::spawn(move || coldplug::coldplug(&idx, &dir, &watch, 10))
+    };
     let network = loop {
         match net::bring_up(&args) {
             Ok(c) => {
-                say(&format!("network: {c}"));
+                say(&format!(
+                    "network: {c} (uptime {:.1} s)",
+                    uptime_ms() as f64 / 1000.0
+                ));
                 break c.to_string();
             }
             Err(e) => {
@@ -256,9 +252,6 @@ pub fn agent_main() -> i32 {
             }
         }
     };
-    for f in &outcome.failed {
-        say(&format!("module {} failed to load: {}", f.module, f.error));
-    }
     let mut config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -268,25 +261,41 @@ pub fn agent_main() -> i32 {
     };
     config.kind = Some(ferry_model::protocol::AgentKind::Ramdisk);
     let report = ferry_model::protocol::BootReport {
-        loaded: outcome.loaded,
-        failed: outcome.failed,
-        missing: outcome.missing,
         network,
         warnings,
         uptime_ms: uptime_ms(),
+        ..Default::default()
     };
-    // Filesystem, RAID and LVM modules load while the agent starts: on a slow CPU the
-    // big ones (xfs, raid456) take most of a second each, and the first heartbeat
-    // need not wait for them. The status is updated when they are in.
+    // The agent starts now. Coldplug finishes (disk controllers are slow to probe) and
+    // the filesystem, RAID and LVM modules load beside it; the status is updated with
+    // each step, so the first heartbeat waits for none of them.
     let (updates, reports) = std::sync::mpsc::channel();
     {
         let (idx, dir, names) = (idx.clone(), dir.clone(), info.preload.clone());
         let mut report = report.clone();
         std::thread::spawn(move || {
-            let p = coldplug::load_named(&idx, &dir, &names);
-            for f in &p.failed {
-                say(&format!("module {} failed to load: {}", f.module, f.error));
+            let outcome = plug.join().unwrap_or_else(|_| {
+                say("coldplug failed; continuing without its report");
+                coldplug::Outcome::default()
+            });
+            say(&format!(
+                "coldplug loaded {} modules in {} ms",
+                outcome.loaded.len(),
+                started.elapsed().as_millis()
+            ));
+            for m in &outcome.missing {
+                say(&format!(
+                    "MISSING DRIVER: device {} ({}) needs {}, which this ramdisk left out; rebuild it with that module (cargo xtask ramdisk --drivers all)",
+                    m.device,
+                    m.modalias,
+                    m.modules.join(" or ")
+                ));
             }
+            report.loaded = outcome.loaded;
+            report.failed = outcome.failed;
+            report.missing = outcome.missing;
+            let _ = updates.send(report.clone());
+            let p = coldplug::load_named(&idx, &dir, &names);
             say(&format!(
                 "preloaded {} filesystem, RAID and LVM modules",
                 p.loaded.len()
@@ -296,6 +305,9 @@ pub fn agent_main() -> i32 {
             }
             report.loaded.extend(p.loaded);
             report.failed.extend(p.failed);
+            for f in &report.failed {
+                say(&format!("module {} failed to load: {}", f.module, f.error));
+            }
             let _ = updates.send(report);
         });
     }

@@ -58,15 +58,20 @@ pub fn nics() -> Vec<(String, String)> {
     out
 }
 
-/// Waits up to `wait` for at least one NIC (drivers may still be probing).
-pub fn wait_for_nics(wait: Duration) -> Vec<(String, String)> {
+/// Waits up to `wait` for a NIC (the one with MAC `wanted`, if given): drivers may
+/// still be probing.
+pub fn wait_for_nics(wait: Duration, wanted: Option<&str>) -> Vec<(String, String)> {
     let deadline = Instant::now() + wait;
     loop {
         let found = nics();
-        if !found.is_empty() || Instant::now() >= deadline {
+        let ready = match wanted {
+            Some(mac) => found.iter().any(|(_, m)| m == mac),
+            None => !found.is_empty(),
+        };
+        if ready || Instant::now() >= deadline {
             return found;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -97,7 +102,13 @@ fn apply(
 /// Brings networking up as the command line says; `Err` explains why nothing works.
 pub fn bring_up(args: &FerryArgs) -> Result<Configured, String> {
     let _ = sys::link_up("lo").and_then(|_| sys::set_address("lo", Ipv4Addr::LOCALHOST, 8));
-    let all = wait_for_nics(Duration::from_secs(5));
+    let all = wait_for_nics(Duration::from_secs(20), args.iface.as_deref());
+    if let Some((name, mac)) = all.first() {
+        say(&format!(
+            "NIC {name} {mac} ready (uptime {:.1} s)",
+            super::uptime_ms() as f64 / 1000.0
+        ));
+    }
     if all.is_empty() {
         return Err(
             "no network interface appeared; the NIC's driver may be missing from this ramdisk"
@@ -122,6 +133,17 @@ pub fn bring_up(args: &FerryArgs) -> Result<Configured, String> {
         if let Err(e) = sys::link_up(name) {
             say(&format!("cannot bring {name} up: {e}"));
         }
+    }
+    // A frame sent before the link has carrier is lost; DHCP would then sit out a
+    // whole retry interval.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline
+        && !chosen.iter().any(|(name, _)| {
+            fs::read_to_string(format!("/sys/class/net/{name}/carrier"))
+                .is_ok_and(|c| c.trim() == "1")
+        })
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(ip) = &args.ip {
         let (name, _) = &chosen[0];

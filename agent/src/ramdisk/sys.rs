@@ -30,11 +30,17 @@ pub enum Load {
     Already,
 }
 
-/// Loads one module file into the kernel.
+/// Loads one module file into the kernel; `.zst` files are decompressed first (this
+/// kernel cannot decompress modules itself).
 pub fn load_module(path: &Path) -> io::Result<Load> {
-    let file = File::open(path)?;
     let params = CString::default();
-    match finit_module(&file, &params, ModuleInitFlags::empty()) {
+    let result = if path.extension().is_some_and(|e| e == "zst") {
+        let image = zstd::stream::decode_all(File::open(path)?)?;
+        nix::kmod::init_module(&image, &params)
+    } else {
+        finit_module(&File::open(path)?, &params, ModuleInitFlags::empty())
+    };
+    match result {
         Ok(()) => Ok(Load::Loaded),
         Err(nix::errno::Errno::EEXIST) => Ok(Load::Already),
         Err(e) => Err(io::Error::from_raw_os_error(e as i32)),

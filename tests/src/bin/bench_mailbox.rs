@@ -15,6 +15,7 @@ use ferry_mailbox::seal::KeyPair;
 use ferry_mailbox::store::{self, Store, StoreConfig};
 use ferry_manager::fleet::Fleet;
 use ferry_model::protocol::{Action, MessageBody};
+use ferry_tests::bench::{machine, now_utc};
 use ferry_tests::counting::{CountingStore, OPS};
 use ferry_tests::servers::{Embedded, Moto, moto_program};
 use rand::Rng;
@@ -221,21 +222,6 @@ async fn bench(
     })
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cores} cores ({cpu}), KVM-less VM")
-}
-
 fn main() -> Result<()> {
     let a = args()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -281,19 +267,7 @@ fn main() -> Result<()> {
             table.push_str(&format!("\n{f}\n"));
         }
         print!("{table}");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-        let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo xtask bench`; newest last.\n".into());
-        doc.push_str(&table);
-        std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("appended to {}", path.display());
+        ferry_tests::bench::append(&table).context("writing docs/benchmarks.md")?;
         Ok(())
     })
-}
-
-fn now_utc() -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }

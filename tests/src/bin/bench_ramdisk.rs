@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ferry_tests::bench::{machine, now_utc};
 use ferry_tests::vm::{MAC, Manager, OVMF, Qemu, base_args, ramdisk_dir};
 
 const RUNS: usize = 2;
@@ -97,14 +98,6 @@ async fn first_heartbeat(path: &str) -> Result<f64> {
     Ok(secs)
 }
 
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let r = ramdisk_dir();
@@ -130,16 +123,8 @@ async fn main() -> Result<()> {
         times.sort_by(f64::total_cmp);
         rows.push((path, times));
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     let mut t = format!(
-        "\n### Ramdisk — {} UTC, 2 cores ({cpu}), QEMU TCG (no KVM), guest 1 vCPU 1 GiB\n\n\
+        "\n### Ramdisk — {} UTC, {}, QEMU TCG (no KVM), guest 1 vCPU 1 GiB\n\n\
          Kernel {} ({:.1} MB), {} modules (driver set `{}`), {} tools, zstd -{}.\n\n\
          | ramdisk | compressed | uncompressed |\n|---|---|---|\n\
          | **Ferry** (all storage + network drivers, LVM/RAID/fs tools, agent) | **{:.1} MB** ({:.2}× the 40 MB target) | {:.1} MB |\n\
@@ -148,6 +133,7 @@ async fn main() -> Result<()> {
          | Relax-and-Recover rescue image (anchor) | 100–650 MB | — |\n\n\
          | boot path | first heartbeat after QEMU start (best / worst of {RUNS}) | vs the 10 s target |\n|---|---|---|\n",
         now_utc(),
+        machine(),
         report["kernel_release"].as_str().unwrap_or("?"),
         mb("kernel_bytes"),
         report["modules"],
@@ -167,12 +153,6 @@ async fn main() -> Result<()> {
         ));
     }
     print!("{t}");
-    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let mut doc = std::fs::read_to_string(&doc_path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nWritten by `cargo xtask bench`; newest last.\n".into()
-    });
-    doc.push_str(&t);
-    std::fs::write(&doc_path, doc)?;
-    eprintln!("appended to {}", doc_path.display());
+    ferry_tests::bench::append(&t)?;
     Ok(())
 }
