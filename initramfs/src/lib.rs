@@ -14,4 +14,6 @@ pub mod build;
 #[cfg(feature = "build")]
 pub mod elf;
 #[cfg(feature = "build")]
+pub mod kernel;
+#[cfg(feature = "build")]
 pub mod manifest;

@@ -1,4 +1,5 @@
-//! The Ferry ramdisk boots five ways in QEMU (direct kernel, PXE BIOS over TFTP, PXE
+//! The Ferry ramdisk boots five ways in QEMU (direct kernel — `vmlinux` through its PVH
+//! entry, and `vmlinuz` in the static and missing-driver cases —, PXE BIOS over TFTP, PXE
 //! UEFI over HTTP from the manager's boot server, ISO BIOS, ISO UEFI), plus static
 //! addressing on a network without DHCP and a NIC whose driver was left out. In each,
 //! the agent must appear in its mailbox as a ramdisk agent with its disks and NICs,
@@ -94,11 +95,12 @@ fn case(netns: Option<&str>) -> Result<Option<Case>> {
     Ok(Some(Case { work, m, r, boot }))
 }
 
-/// QEMU options for a direct kernel boot.
-fn direct(r: &Path, initrd: &Path, append: &str) -> Vec<String> {
+/// QEMU options for a direct kernel boot of `kernel` (`vmlinux` boots through its PVH
+/// entry point, `vmlinuz` through the firmware's Linux loader).
+fn direct(r: &Path, kernel: &str, initrd: &Path, append: &str) -> Vec<String> {
     vec![
         "-kernel".into(),
-        r.join("vmlinuz").to_string_lossy().into(),
+        r.join(kernel).to_string_lossy().into(),
         "-initrd".into(),
         initrd.to_string_lossy().into(),
         "-append".into(),
@@ -118,7 +120,7 @@ fn netdev_nic(netdev: &str) -> Vec<String> {
 #[tokio::test]
 async fn direct_kernel_boot() -> Result<()> {
     let Some(c) = case(None)? else { return Ok(()) };
-    let mut extra = direct(&c.r, &c.boot.join("initrd.zst"), "");
+    let mut extra = direct(&c.r, "vmlinux", &c.boot.join("initrd.zst"), "");
     extra.extend(netdev_nic("user,id=n0"));
     let (agent, _) = boot_case(c.work.path(), &c.m, extra, None).await?;
     let boot_report = &agent["status"]["boot"];
@@ -259,6 +261,7 @@ async fn static_addressing_without_dhcp() -> Result<()> {
     };
     let mut extra = direct(
         &c.r,
+        "vmlinuz",
         &c.boot.join("initrd.zst"),
         &format!("ferry.ip=192.0.2.10/24,192.0.2.1 ferry.iface={MAC}"),
     );
@@ -311,7 +314,7 @@ async fn a_missing_nic_driver_is_named() -> Result<()> {
         "--initrd",
         &initrd.to_string_lossy(),
     ])?;
-    let mut extra = direct(&r, &boot.join("initrd.zst"), "");
+    let mut extra = direct(&r, "vmlinuz", &boot.join("initrd.zst"), "");
     // First NIC: an Intel e1000 whose driver is missing; second: virtio, which works.
     extra.extend(s(&[
         "-netdev",

@@ -129,6 +129,32 @@ pub fn build_agent() -> Result<PathBuf> {
     Ok(sh::root().join(format!("target/{MUSL}/agent/ferry-agent")))
 }
 
+/// Writes the uncompressed kernel for PVH direct boot; its size, or `None` (with a
+/// warning) when this kernel cannot be booted that way.
+fn write_vmlinux(kernel: &Path, dest: &Path) -> Option<u64> {
+    let _ = std::fs::remove_file(dest);
+    let made = std::fs::read(kernel)
+        .with_context(|| format!("reading {}", kernel.display()))
+        .and_then(|bz| ferry_initramfs::kernel::vmlinux(&bz))
+        .and_then(|elf| {
+            anyhow::ensure!(
+                ferry_initramfs::kernel::has_pvh_entry(&elf)?,
+                "the kernel has no PVH entry point (CONFIG_PVH)"
+            );
+            std::fs::write(dest, &elf)?;
+            Ok(elf.len() as u64)
+        });
+    match made {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!(
+                "xtask: warning: no vmlinux for PVH direct boot ({e:#}); boot vmlinuz instead"
+            );
+            None
+        }
+    }
+}
+
 fn step(what: &str, t: Instant) {
     eprintln!("xtask: {what} ({:.1} s)", t.elapsed().as_secs_f64());
 }
@@ -211,6 +237,7 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
     std::fs::copy(&kernel, out("vmlinuz"))
         .with_context(|| format!("copying {}", kernel.display()))?;
     std::fs::write(out("initrd.zst"), &zst)?;
+    let vmlinux = write_vmlinux(&kernel, &out("vmlinux"));
     std::fs::write(
         out("boot.ipxe"),
         ferry_boot::ipxe::boot_script("", &o.append),
@@ -233,7 +260,13 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
         &out("initrd.zst"),
         &o.append,
     )?;
-    step("wrote vmlinuz, initrd.zst, boot.ipxe, tftp/, ferry.iso", t);
+    step(
+        &format!(
+            "wrote vmlinuz, {}initrd.zst, boot.ipxe, tftp/, ferry.iso",
+            if vmlinux.is_some() { "vmlinux, " } else { "" }
+        ),
+        t,
+    );
     let report = serde_json::json!({
         "kernel": kernel,
         "kernel_release": ramdisk.info.kernel_release,
@@ -245,6 +278,7 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
         "uncompressed_bytes": raw.len(),
         "compressed_bytes": zst.len(),
         "kernel_bytes": std::fs::metadata(&kernel)?.len(),
+        "vmlinux_bytes": vmlinux,
         "iso_bytes": std::fs::metadata(out("ferry.iso"))?.len(),
         "zstd_level": o.level,
         "config_baked_in": o.config.is_some(),

@@ -129,7 +129,7 @@ pub fn obtain(iface: &str, mac: &str, total: Duration) -> io::Result<Lease> {
     // Early frames after link-up are often lost: ask again soon, then back off.
     let mut wait = Duration::from_millis(250);
     while Instant::now() < deadline {
-        let xid: u32 = rand::random();
+        let xid = super::sys::quick_random_u32();
         send(&sock, &request(MessageType::Discover, xid, &mac, None))?;
         let Some(offer) = await_reply(&sock, xid, &[MessageType::Offer], wait)? else {
             wait = (wait * 2).min(Duration::from_secs(4));

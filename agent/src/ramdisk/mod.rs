@@ -205,6 +205,7 @@ fn load_config(
 /// The agent proper in the ramdisk: drivers, network, config, then the agent loop.
 /// Returns the exit code init acts on.
 pub fn agent_main() -> i32 {
+    sys::warm_entropy();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (args, arg_errors) = ferry_boot::cmdline::parse(&cmdline);
     let warnings: Vec<String> = arg_errors.iter().map(|e| e.to_string()).collect();

@@ -209,3 +209,34 @@ pub fn reap() -> Option<(i32, Option<i32>)> {
         }
     }
 }
+
+/// Random bits that never wait for the kernel's entropy pool (`GRND_INSECURE`): for
+/// values that only need to differ between machines, such as a DHCP transaction id.
+/// Before the pool is ready the blocking `getrandom` can stall boot for a second or
+/// more on machines without a hardware RNG.
+pub fn quick_random_u32() -> u32 {
+    const GRND_INSECURE: libc::c_uint = 0x0004;
+    let mut b = [0u8; 4];
+    // SAFETY: `b` is a valid, writable buffer of the given length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), GRND_INSECURE) };
+    if n == 4 {
+        return u32::from_ne_bytes(b);
+    }
+    // Kernels before 5.6 lack GRND_INSECURE: the clock's low bits differ enough.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.subsec_nanos() ^ (std::process::id() << 16)
+}
+
+/// Starts the kernel filling its entropy pool now, in the background: the first
+/// blocking `getrandom` makes the kernel gather timing jitter until the pool is ready,
+/// and the agent's TLS and keys need it soon. Started early, that wait overlaps
+/// driver loading and DHCP instead of following them.
+pub fn warm_entropy() {
+    std::thread::spawn(|| {
+        let mut b = [0u8; 1];
+        // SAFETY: `b` is a valid, writable buffer of the given length.
+        let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    });
+}
