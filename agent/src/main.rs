@@ -27,6 +27,13 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Survey this machine (hardware, OS configuration, applications) and print it.
+    /// Exits non-zero when the survey is inconsistent.
+    Survey {
+        /// Print JSON (the `survey` object of the agent's status) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// In the Ferry ramdisk: load drivers, bring up the network, run the agent loop.
     /// Started by init (the agent as PID 1); not for use by hand.
     #[command(hide = true)]
@@ -49,6 +56,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => run(config),
         Cmd::Id { config } => id(config),
+        Cmd::Survey { json } => survey(json),
         Cmd::RamdiskAgent => {
             return std::process::ExitCode::from(ferry_agent::ramdisk::agent_main() as u8);
         }
@@ -77,6 +85,22 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         };
         ferry_agent::runner::run(config, shutdown).await.map(|_| ())
     })
+}
+
+fn survey(json: bool) -> anyhow::Result<()> {
+    let s = ferry_agent::survey::survey();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("{}", s.render());
+    }
+    let problems = s.validate();
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the survey is inconsistent: {}",
+        problems.join("; ")
+    );
+    Ok(())
 }
 
 fn id(path: PathBuf) -> anyhow::Result<()> {

@@ -78,7 +78,8 @@ impl Agent {
         let manager = seal::verifying_key(&config.manager_key)
             .context("manager_key in the agent config is not an Ed25519 public key")?;
         let state_dir = StateDir::open(&config.state_dir)?;
-        let survey = crate::survey::survey();
+        // Identity facts only: the full survey runs after the first heartbeat.
+        let survey = crate::survey::quick(&crate::survey::Host::live());
         let id = crate::identity::load_or_create_id(
             &config.state_dir,
             &crate::survey::fingerprint(&survey),
@@ -132,10 +133,11 @@ impl Agent {
             self.identity_done = true;
             // Say "alive" before anything slower.
             self.heartbeat().await?;
+            self.resurvey().await;
         }
         while let Some(report) = self.boot_updates.as_ref().and_then(|rx| rx.try_recv().ok()) {
             // Drivers loaded since the agent started may have brought disks and NICs.
-            self.survey = crate::survey::survey();
+            self.resurvey().await;
             self.set_boot_report(report);
         }
         self.flush().await?;
@@ -148,6 +150,15 @@ impl Agent {
             self.publish_status().await?;
         }
         Ok(stop)
+    }
+
+    /// Takes the full survey again (on a thread: it runs tools) for the next status.
+    pub async fn resurvey(&mut self) {
+        match tokio::task::spawn_blocking(crate::survey::survey).await {
+            Ok(s) => self.survey = s,
+            Err(e) => tracing::warn!("the survey failed: {e}"),
+        }
+        self.status_due = true;
     }
 
     /// Records a failure for the next status and schedules a status write.

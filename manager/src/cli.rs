@@ -135,28 +135,7 @@ pub async fn agent_show(config: &ManagerConfig, id: &str, json: bool) -> Result<
     if let Some(s) = &view.status {
         println!("phase     {}", s.phase);
         println!("cmd seq   {}", s.last_command_seq);
-        println!("kernel    {}", s.survey.kernel);
-        println!(
-            "cpus      {}  memory {} MiB",
-            s.survey.cpus,
-            s.survey.memory_bytes >> 20
-        );
-        for d in &s.survey.disks {
-            println!(
-                "disk      {} {} GiB {}",
-                d.name,
-                d.size_bytes >> 30,
-                d.serial.clone().unwrap_or_default()
-            );
-        }
-        for n in &s.survey.nics {
-            println!(
-                "nic       {} {} {}",
-                n.name,
-                n.mac,
-                if n.up { "up" } else { "down" }
-            );
-        }
+        println!("{}", s.survey.render());
         if let Some(e) = &s.last_error {
             println!("error     [{}] {} ({})", e.code, e.text, ago(Some(e.at_ms)));
         }

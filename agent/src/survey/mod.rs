@@ -1,10 +1,148 @@
-//! A short inventory of the machine, read straight from /proc and /sys.
+//! The survey: what this machine is, read from the kernel's own views (/proc, /sys,
+//! ioctls), from configuration files, and from tools in their machine-readable modes
+//! (`lsblk -J`, `ip -j`). Works on an installed Linux and inside the ramdisk (no udev,
+//! no systemd, no dpkg there).
+//!
+//! Every reader takes a [`Host`]: the root it reads files under (a fixture tree in
+//! tests) and the way it runs tools. A fact that cannot be learned leaves its field
+//! empty and a [`Gap`] that says why; the survey itself never fails.
+
+pub mod apps;
+pub mod hw;
+pub mod net;
+pub mod os;
+pub mod storage;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
 use ferry_model::protocol::Fingerprint;
-use ferry_model::survey::{Disk, Nic, Survey};
+use ferry_model::survey::{Gap, Survey};
+
+/// Runs a tool: its standard output, or why it could not.
+pub type RunTool = dyn Fn(&str, &[&str]) -> Result<String, String> + Send + Sync;
+
+/// Where the survey looks.
+pub struct Host {
+    /// The root of the filesystem tree read (`/` on a live machine).
+    pub root: PathBuf,
+    run: Box<RunTool>,
+}
+
+/// Folders searched for tools, whatever `PATH` the agent was started with.
+const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+fn run_system_tool(name: &str, args: &[&str]) -> Result<String, String> {
+    let Some(path) = TOOL_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+    else {
+        return Err(format!("{name}: not installed"));
+    };
+    let out = Command::new(&path)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("{name}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{name} {}: {} {}",
+            args.join(" "),
+            out.status,
+            err.lines().next().unwrap_or("").trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|_| format!("{name}: output is not UTF-8"))
+}
+
+impl Host {
+    /// This machine.
+    pub fn live() -> Host {
+        Host {
+            root: PathBuf::from("/"),
+            run: Box::new(run_system_tool),
+        }
+    }
+
+    /// A tree under `root` and a tool runner (tests).
+    pub fn new(root: impl Into<PathBuf>, run: Box<RunTool>) -> Host {
+        Host {
+            root: root.into(),
+            run,
+        }
+    }
+
+    /// An absolute path of the surveyed machine, under this host's root.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+
+    /// A file's text, trimmed; `None` when absent, unreadable or empty.
+    pub fn read(&self, p: &str) -> Option<String> {
+        read_trim(self.path(p))
+    }
+
+    /// A file's whole text.
+    pub fn read_raw(&self, p: &str) -> std::io::Result<String> {
+        fs::read_to_string(self.path(p))
+    }
+
+    /// Names in a folder, sorted; empty when it does not exist.
+    pub fn list(&self, p: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.path(p))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether a path exists.
+    pub fn exists(&self, p: &str) -> bool {
+        self.path(p).exists()
+    }
+
+    /// The last component a symlink points to (e.g. a device's driver).
+    pub fn link_name(&self, p: &str) -> Option<String> {
+        fs::read_link(self.path(p))
+            .ok()?
+            .file_name()?
+            .to_str()
+            .map(str::to_string)
+    }
+
+    /// A symlink's target as text.
+    pub fn link(&self, p: &str) -> Option<String> {
+        fs::read_link(self.path(p))
+            .ok()
+            .map(|t| t.to_string_lossy().to_string())
+    }
+
+    /// Runs a tool of the surveyed machine.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Result<String, String> {
+        (self.run)(name, args)
+    }
+}
+
+/// Collects what could not be learned.
+#[derive(Default)]
+pub struct Gaps(pub Vec<Gap>);
+
+impl Gaps {
+    /// Notes that `what` is unknown because `why`.
+    pub fn note(&mut self, what: &str, why: impl Into<String>) {
+        self.0.push(Gap {
+            what: what.to_string(),
+            why: why.into(),
+        });
+    }
+}
 
 fn read_trim(path: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(path)
@@ -13,84 +151,48 @@ fn read_trim(path: impl AsRef<Path>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Reads the machine's inventory; missing facts are left empty, never an error.
-pub fn survey() -> Survey {
+/// The short inventory taken before the agent's first heartbeat: identity facts only
+/// (host name, kernel, CPUs, memory, disks, NICs).
+pub fn quick(host: &Host) -> Survey {
     Survey {
-        hostname: read_trim("/proc/sys/kernel/hostname").unwrap_or_default(),
-        kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        hostname: host.read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        kernel: host.read("/proc/sys/kernel/osrelease").unwrap_or_default(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
-        memory_bytes: memory_bytes().unwrap_or(0),
-        disks: disks(Path::new("/sys/block")),
-        nics: nics(Path::new("/sys/class/net")),
+        memory_bytes: memory_bytes(host).unwrap_or(0),
+        disks: hw::disks(host),
+        nics: hw::nics(host),
+        ..Default::default()
     }
 }
 
-fn memory_bytes() -> Option<u64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
+/// The full survey of `host`.
+pub fn full(host: &Host) -> Survey {
+    let started = Instant::now();
+    let mut gaps = Gaps::default();
+    let mut s = quick(host);
+    s.hardware = hw::hardware(host, &mut gaps);
+    s.cpus = s.cpus.max(s.hardware.cpu.threads);
+    s.os = os::os(host, &mut gaps);
+    s.os.storage = storage::storage(host, &mut gaps);
+    s.os.network = net::network(host, &mut gaps);
+    s.apps = apps::apps(host, &mut gaps);
+    s.gaps = gaps.0;
+    s.took_ms = started.elapsed().as_millis() as u64;
+    s
+}
+
+/// The full survey of this machine.
+pub fn survey() -> Survey {
+    full(&Host::live())
+}
+
+fn memory_bytes(host: &Host) -> Option<u64> {
+    let text = host.read_raw("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Whole disks under a `/sys/block`-like folder, skipping loop, ram and device-mapper nodes.
-pub fn disks(sys_block: &Path) -> Vec<Disk> {
-    let Ok(entries) = fs::read_dir(sys_block) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Disk> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            if ["loop", "ram", "dm-", "md", "zram", "sr"]
-                .iter()
-                .any(|p| name.starts_with(p))
-            {
-                return None;
-            }
-            let dir = e.path();
-            let sectors: u64 = read_trim(dir.join("size"))?.parse().ok()?;
-            Some(Disk {
-                name,
-                size_bytes: sectors * 512,
-                model: read_trim(dir.join("device/model")),
-                serial: read_trim(dir.join("device/serial"))
-                    .or_else(|| read_trim(dir.join("serial"))),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-/// Network interfaces with a real hardware address under a `/sys/class/net`-like folder.
-pub fn nics(sys_net: &Path) -> Vec<Nic> {
-    let Ok(entries) = fs::read_dir(sys_net) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Nic> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let dir = e.path();
-            let mac = read_trim(dir.join("address"))?;
-            if name == "lo" || mac == "00:00:00:00:00:00" {
-                return None;
-            }
-            let driver = fs::read_link(dir.join("device/driver"))
-                .ok()
-                .and_then(|p| p.file_name()?.to_str().map(str::to_string));
-            Some(Nic {
-                name,
-                mac,
-                driver,
-                up: read_trim(dir.join("operstate")).as_deref() == Some("up"),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
 }
 
 /// Facts that identify the machine again after a reinstall.
@@ -107,35 +209,47 @@ pub fn fingerprint(survey: &Survey) -> Fingerprint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
+    use std::collections::HashMap;
 
-    #[test]
-    fn reads_a_sysfs_tree() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let b = dir.path().join("block");
-        fs::create_dir_all(b.join("vda/device")).expect("mkdir");
-        fs::write(b.join("vda/size"), "2097152\n").expect("write");
-        fs::write(b.join("vda/device/serial"), "SER1\n").expect("write");
-        fs::create_dir_all(b.join("loop0")).expect("mkdir");
-        fs::write(b.join("loop0/size"), "8\n").expect("write");
-        let d = disks(&b);
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].size_bytes, 1 << 30);
-        assert_eq!(d[0].serial.as_deref(), Some("SER1"));
+    /// A fixture host: files under a temporary root and recorded tool outputs keyed
+    /// by `"tool arg arg"`; any other tool is "not installed".
+    pub fn host(root: &Path, tools: &[(&str, &str)]) -> Host {
+        let outputs: HashMap<String, String> = tools
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Host::new(
+            root,
+            Box::new(move |name, args| {
+                let key = std::iter::once(name)
+                    .chain(args.iter().copied())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                outputs
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| format!("{name}: not installed"))
+            }),
+        )
+    }
 
-        let n = dir.path().join("net");
-        for (name, mac, state) in [
-            ("lo", "00:00:00:00:00:00", "unknown"),
-            ("eth0", "52:54:00:12:34:56", "up"),
-        ] {
-            fs::create_dir_all(n.join(name)).expect("mkdir");
-            fs::write(n.join(name).join("address"), mac).expect("write");
-            fs::write(n.join(name).join("operstate"), state).expect("write");
-        }
-        let nics = nics(&n);
-        assert_eq!(nics.len(), 1);
-        assert!(nics[0].up);
-        assert_eq!(nics[0].mac, "52:54:00:12:34:56");
+    /// Writes `text` to `root/p`, making folders.
+    pub fn put(root: &Path, p: &str, text: &str) {
+        let path = root.join(p.trim_start_matches('/'));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    /// A recorded fixture from `agent/tests/fixtures/survey/`.
+    pub fn fixture(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/survey")
+            .join(name);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        // The first line names the command that recorded it.
+        assert!(text.starts_with("# recorded with: "), "{name}");
+        text.split_once('\n').map(|x| x.1).unwrap_or("").to_string()
     }
 }
