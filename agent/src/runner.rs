@@ -133,11 +133,11 @@ impl Agent {
             self.identity_done = true;
             // Say "alive" before anything slower.
             self.heartbeat().await?;
-            self.resurvey().await;
+            self.resurvey(Duration::from_secs(300)).await;
         }
         while let Some(report) = self.boot_updates.as_ref().and_then(|rx| rx.try_recv().ok()) {
             // Drivers loaded since the agent started may have brought disks and NICs.
-            self.resurvey().await;
+            self.resurvey(Duration::ZERO).await;
             self.set_boot_report(report);
         }
         self.flush().await?;
@@ -152,9 +152,10 @@ impl Agent {
         Ok(stop)
     }
 
-    /// Takes the full survey again (on a thread: it runs tools) for the next status.
-    pub async fn resurvey(&mut self) {
-        match tokio::task::spawn_blocking(crate::survey::survey).await {
+    /// Takes the full survey (on a thread: it runs tools) for the next status, unless
+    /// this process took one less than `max_age` ago.
+    pub async fn resurvey(&mut self, max_age: Duration) {
+        match tokio::task::spawn_blocking(move || crate::survey::survey_within(max_age)).await {
             Ok(s) => self.survey = s,
             Err(e) => tracing::warn!("the survey failed: {e}"),
         }
