@@ -463,7 +463,7 @@ fn permanent_mac(host: &Host, iface: &str) -> Option<String> {
             *dst = src as libc::c_char;
         }
         ifr.ifr_ifru.ifru_data = (&mut req as *mut PermAddr).cast();
-        let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr);
+        let rc = libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut ifr);
         libc::close(fd);
         if rc < 0 || req.size != 6 || req.data[..6].iter().all(|b| *b == 0) {
             return None;
