@@ -499,6 +499,26 @@ impl Agent {
                     ),
                 }
             }
+            Action::Survey => {
+                self.resurvey(Duration::ZERO).await;
+                // The status carries the survey; it is stored before the answer so
+                // whoever reads the answer finds the new survey.
+                if let Err(e) = self.publish_status().await {
+                    warn!("could not publish status: {e}");
+                }
+                let s = &self.survey;
+                (
+                    MessageBody::Done {
+                        action,
+                        detail: format!(
+                            "survey taken in {} ms; {} fact(s) unknown",
+                            s.took_ms,
+                            s.gaps.len()
+                        ),
+                    },
+                    None,
+                )
+            }
             Action::Poweroff => (
                 MessageBody::Done {
                     action,

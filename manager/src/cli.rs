@@ -310,6 +310,18 @@ pub async fn boot_host(config: &ManagerConfig, mac: &str, append: &str) -> Resul
     Ok(())
 }
 
+/// Sends `action` to an agent and waits for its answer; the answer's detail line.
+async fn obey(fleet: &Fleet, id: &str, action: Action, timeout: Duration) -> Result<String> {
+    let cmd = fleet.send(id, action, BTreeMap::new()).await?;
+    let reply = fleet
+        .await_reply(id, &cmd.command_id, timeout, Duration::from_millis(100))
+        .await?;
+    match reply.body {
+        MessageBody::Done { detail, .. } => Ok(detail),
+        other => anyhow::bail!("agent {id} did not obey: {other:?}"),
+    }
+}
+
 /// `ferry poweroff` / `ferry reboot`.
 pub async fn power(
     config: &ManagerConfig,
@@ -324,15 +336,25 @@ pub async fn power(
     } else {
         Action::Poweroff
     };
-    let cmd = fleet.send(&id, action, BTreeMap::new()).await?;
-    let reply = fleet
-        .await_reply(&id, &cmd.command_id, timeout, Duration::from_millis(100))
-        .await?;
-    match reply.body {
-        MessageBody::Done { detail, .. } => {
-            println!("{}: {detail}", &id[..12]);
-            Ok(())
-        }
-        other => anyhow::bail!("agent {id} did not obey: {other:?}"),
+    let detail = obey(&fleet, &id, action, timeout).await?;
+    println!("{}: {detail}", &id[..12]);
+    Ok(())
+}
+
+/// `ferry survey`: the agent surveys its machine again; prints the new survey.
+pub async fn survey(config: &ManagerConfig, id: &str, json: bool, timeout: Duration) -> Result<()> {
+    let fleet = fleet(config)?;
+    let id = fleet.resolve(id).await?;
+    let detail = obey(&fleet, &id, Action::Survey, timeout).await?;
+    let view = fleet.view(&id).await?;
+    let survey = view
+        .status
+        .map(|s| s.survey)
+        .with_context(|| format!("agent {id} answered but has no status"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&survey)?);
+    } else {
+        println!("{}: {detail}\n{}", &id[..12], survey.render());
     }
+    Ok(())
 }

@@ -83,6 +83,17 @@ enum Cmd {
         #[arg(long, default_value = "")]
         append: String,
     },
+    /// Have an agent survey its machine again, and print the survey.
+    Survey {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
     /// Power a ramdisk agent's machine off (an installed agent just stops).
     Poweroff {
         /// Agent id, or a unique prefix of it.
@@ -217,6 +228,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iso,
         } => cli::boot_files(&load()?, &out, kernel, initrd, &append, iso),
         Cmd::BootHost { mac, append } => rt.block_on(cli::boot_host(&load()?, &mac, &append)),
+        Cmd::Survey { id, json, timeout } => rt.block_on(cli::survey(
+            &load()?,
+            &id,
+            json,
+            Duration::from_secs_f64(timeout),
+        )),
         Cmd::Poweroff { id, timeout } => rt.block_on(cli::power(
             &load()?,
             &id,

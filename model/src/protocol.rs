@@ -395,6 +395,8 @@ pub enum Action {
     Poweroff,
     /// Reboot the machine (ramdisk) or restart the agent (installed).
     Reboot,
+    /// Take the full survey again and publish it in the status.
+    Survey,
 }
 
 impl Action {
@@ -406,6 +408,7 @@ impl Action {
             Action::CheckSecret { .. } => "check-secret",
             Action::Poweroff => "poweroff",
             Action::Reboot => "reboot",
+            Action::Survey => "survey",
         }
     }
 }

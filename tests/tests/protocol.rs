@@ -516,3 +516,51 @@ async fn agent_credential_reaches_only_mailboxes() {
         "nothing lost"
     );
 }
+
+#[tokio::test]
+async fn a_survey_command_publishes_a_fresh_full_survey_before_answering() {
+    let mut rig = rig().await;
+    let before = rig
+        .fleet
+        .view(&rig.id())
+        .await
+        .expect("view")
+        .status
+        .expect("status");
+    // The first tick already stored the full survey, not just the identity facts.
+    assert!(
+        before.survey.hardware.cpu.threads >= 1,
+        "{:#?}",
+        before.survey
+    );
+    let cmd = rig.command(1, Action::Survey);
+    rig.put_signed(&rig.manager, &cmd).await;
+    rig.agent.tick().await.expect("tick");
+    // Read the status before collecting the answer, as `ferry survey` does after it.
+    let view = rig.fleet.view(&rig.id()).await.expect("view");
+    let got: Vec<MessagePayload> = rig
+        .fleet
+        .collect(&rig.id())
+        .await
+        .expect("collect")
+        .into_iter()
+        .map(|r| r.message)
+        .collect();
+    let done = got
+        .iter()
+        .find(|m| m.in_reply_to.as_deref() == Some(&cmd.command_id))
+        .expect("an answer");
+    match &done.body {
+        MessageBody::Done { action, detail } => {
+            assert_eq!(action, "survey");
+            assert!(detail.starts_with("survey taken in"), "{detail}");
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+    let s = view.status.expect("status").survey;
+    assert_eq!(s.validate(), Vec::<String>::new());
+    assert!(
+        s.hardware.cpu.threads >= 1 && !s.os.network.interfaces.is_empty(),
+        "{s:#?}"
+    );
+}
