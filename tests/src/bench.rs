@@ -43,3 +43,43 @@ pub fn append(table: &str) -> std::io::Result<()> {
     eprintln!("appended to {}", path.display());
     Ok(())
 }
+
+/// A manager with boot files, ready for one benchmark guest.
+pub struct GuestRig {
+    /// The work folder (removed on drop).
+    pub work: tempfile::TempDir,
+    /// The manager (embedded store and boot server).
+    pub m: crate::vm::Manager,
+    /// Its boot files (PXE tree, personalised initrd, ISO).
+    pub boot: PathBuf,
+    /// The guest's serial console log.
+    pub console: PathBuf,
+    /// QEMU's base options (machine, memory, disk, console).
+    pub args: Vec<String>,
+}
+
+impl GuestRig {
+    /// Starts a manager on the host loopback and writes its boot files.
+    pub fn new() -> anyhow::Result<GuestRig> {
+        let work = tempfile::tempdir()?;
+        let m = crate::vm::Manager::start(work.path(), None)?;
+        let boot = work.path().join("boot");
+        m.boot_files(&boot, "panic=-1")?;
+        let console = work.path().join("console.log");
+        let args = crate::vm::base_args(work.path(), &console)?;
+        Ok(GuestRig {
+            work,
+            m,
+            boot,
+            console,
+            args,
+        })
+    }
+
+    /// Starts QEMU with the base options and `extra`.
+    pub fn start(&self, extra: &[String]) -> anyhow::Result<crate::vm::Qemu> {
+        let mut args = self.args.clone();
+        args.extend_from_slice(extra);
+        crate::vm::Qemu::start(self.work.path(), &self.console, &args, None)
+    }
+}

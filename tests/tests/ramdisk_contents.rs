@@ -43,6 +43,7 @@ fn gnu_cpio_unpacks_it_and_every_tool_runs_inside() -> Result<()> {
         ("lsblk", &["--version"]),
         ("wipefs", &["--version"]),
         ("kexec", &["--version"]),
+        ("ip", &["-V"]),
         ("mkfs.vfat", &["--help"]),
         ("busybox", &["true"]),
         ("ferry-agent", &["--version"]),
@@ -67,5 +68,27 @@ fn gnu_cpio_unpacks_it_and_every_tool_runs_inside() -> Result<()> {
             "{tool} {args:?}: {text}"
         );
     }
+    assert!(
+        root.join("usr/share/misc/pci.ids").is_file(),
+        "PCI names for the survey"
+    );
+    // With no /proc or /sys (a bare chroot) the survey still completes, consistent,
+    // and names what it could not learn.
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/ferry-agent", "survey", "--json"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "survey in the ramdisk tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let survey: ferry_model::survey::Survey = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(survey.os.init, "ferry");
+    assert!(
+        survey.gaps.iter().any(|g| g.what == "cpu"),
+        "{:?}",
+        survey.gaps
+    );
     Ok(())
 }

@@ -41,6 +41,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "/usr/bin/cpio"),
     ("zstd", "/usr/bin/zstd"),
     ("ca-certificates", "/etc/ssl/certs/ca-certificates.crt"),
+    ("pci.ids", "/usr/share/misc/pci.ids"),
+    ("iproute2", "/usr/bin/ip"),
+    // The anchor of `cargo xtask bench survey`.
+    ("lshw", "/usr/bin/lshw"),
 ];
 
 /// Installed after the rest: installing qemu-system-x86 can remove a newer qemu-utils.

@@ -18,6 +18,8 @@ tasks:
   deps            only install what the tests need
   ramdisk [opts]  build the Ferry ramdisk, PXE tree and ISO into target/ferry/ (--help)
   bench mailbox   1,000 simulated agents against the embedded store and moto
+  bench ramdisk   ramdisk size and seconds to first heartbeat on every boot path
+  bench survey    survey time in a ramdisk VM (TCG) and here, next to lshw
 ";
 
 fn main() {

@@ -353,19 +353,20 @@ pub fn transport(sys_path: &str) -> Option<&'static str> {
     })
 }
 
-/// Whole disks (no loop, RAM, device-mapper, md, zram or optical devices).
+/// Whole disks with media (no loop, RAM, device-mapper, md, zram, floppy or optical
+/// devices, no empty card readers).
 pub fn disks(host: &Host) -> Vec<Disk> {
     host.list("/sys/block")
         .into_iter()
         .filter(|name| {
-            !["loop", "ram", "dm-", "md", "zram", "sr", "nbd"]
+            !["loop", "ram", "dm-", "md", "zram", "sr", "nbd", "fd"]
                 .iter()
                 .any(|p| name.starts_with(p))
         })
         .filter_map(|name| {
             let base = format!("/sys/block/{name}");
             let f = |file: &str| host.read(&format!("{base}/{file}"));
-            let sectors: u64 = f("size")?.parse().ok()?;
+            let sectors: u64 = f("size")?.parse().ok().filter(|s| *s > 0)?;
             let num = |file: &str| f(file).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
             let sys_path = host.link(&base).unwrap_or_default();
             Some(Disk {
@@ -628,6 +629,8 @@ mod tests {
         )
         .unwrap();
         put(r, "sys/block/loop0/size", "8\n");
+        // A card reader without a card.
+        put(r, "sys/block/sdb/size", "0\n");
         put(r, "sys/class/net/lo/address", "00:00:00:00:00:00\n");
         put(r, "sys/class/net/eth0/address", "52:54:00:12:34:56\n");
         put(r, "sys/class/net/eth0/type", "1\n");

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_tests::bench::{machine, now_utc};
-use ferry_tests::vm::{MAC, Manager, OVMF, Qemu, base_args, ramdisk_dir};
+use ferry_tests::bench::{GuestRig, machine, now_utc};
+use ferry_tests::vm::{MAC, Manager, OVMF, ramdisk_dir};
 
 const RUNS: usize = 2;
 
@@ -69,15 +69,10 @@ fn path_args(path: &str, r: &Path, boot: &Path, m: &Manager) -> Vec<String> {
 /// Seconds from QEMU start to the first heartbeat object in the manager's store.
 async fn first_heartbeat(path: &str) -> Result<f64> {
     let r = ramdisk_dir();
-    let work = tempfile::tempdir()?;
-    let m = Manager::start(work.path(), None)?;
-    let boot = work.path().join("boot");
-    m.boot_files(&boot, "panic=-1")?;
-    let console = work.path().join("console.log");
-    let mut args = base_args(work.path(), &console)?;
-    args.extend(path_args(path, &r, &boot, &m));
+    let g = GuestRig::new()?;
+    let m = &g.m;
     let mailboxes = m.data.join("store/ferry/mailboxes");
-    let mut vm = Qemu::start(work.path(), &console, &args, None)?;
+    let mut vm = g.start(&path_args(path, &r, &g.boot, m))?;
     let t = Instant::now();
     let secs = loop {
         let beat = std::fs::read_dir(&mailboxes)
