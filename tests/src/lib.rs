@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod counting;
+pub mod debian;
 pub mod procs;
 pub mod servers;
 pub mod util;

@@ -123,6 +123,11 @@ impl Qemu {
         })
     }
 
+    /// QEMU's exit status, if it has ended.
+    pub fn proc_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.try_wait()
+    }
+
     /// The serial console so far.
     pub fn console(&self) -> String {
         std::fs::read(&self.console)

@@ -43,6 +43,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ca-certificates", "/etc/ssl/certs/ca-certificates.crt"),
     ("pci.ids", "/usr/share/misc/pci.ids"),
     ("iproute2", "/usr/bin/ip"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
     // The anchor of `cargo xtask bench survey`.
     ("lshw", "/usr/bin/lshw"),
 ];

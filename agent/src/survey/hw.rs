@@ -373,7 +373,8 @@ pub fn disks(host: &Host) -> Vec<Disk> {
                 size_bytes: sectors * 512,
                 model: f("device/model"),
                 serial: f("device/serial").or_else(|| f("serial")),
-                vendor: f("device/vendor"),
+                // virtio puts its numeric vendor id here, not a name.
+                vendor: f("device/vendor").filter(|v| !v.starts_with("0x")),
                 wwn: f("wwid").or_else(|| f("device/wwid")),
                 logical_sector: num("queue/logical_block_size"),
                 physical_sector: num("queue/physical_block_size"),

@@ -54,7 +54,13 @@ pub fn storage(host: &Host, gaps: &mut Gaps) -> Storage {
         .collect();
     let mut s = Storage {
         partition_tables: partition_tables(&probes),
-        filesystems: filesystems(&probes, &mounts, &dev_numbers, &sectors),
+        filesystems: filesystems(
+            &probes,
+            &mounts,
+            &dev_numbers,
+            &mapper_names(host, &names),
+            &sectors,
+        ),
         md_arrays: md_arrays(host, &probes),
         lvm: lvm(host, gaps),
         ..Default::default()
@@ -78,6 +84,18 @@ pub fn storage(host: &Host, gaps: &mut Gaps) -> Storage {
         s.swap = swaps(&text);
     }
     s
+}
+
+/// `/dev/mapper/<name>` for each device-mapper node (`dm-0` → `/dev/mapper/vg-lv`).
+fn mapper_names(host: &Host, names: &[String]) -> HashMap<String, String> {
+    names
+        .iter()
+        .filter(|n| n.starts_with("dm-"))
+        .filter_map(|n| {
+            let dm = host.read(&format!("/sys/class/block/{n}/dm/name"))?;
+            Some((n.clone(), format!("/dev/mapper/{dm}")))
+        })
+        .collect()
 }
 
 /// Block devices worth probing: not RAM disks, not unbacked loop devices, not optical.
@@ -224,6 +242,7 @@ pub fn filesystems(
     probes: &[HashMap<String, String>],
     mounts: &[Mount],
     dev_numbers: &HashMap<String, String>,
+    device_names: &HashMap<String, String>,
     sectors: &dyn Fn(&str) -> u64,
 ) -> Vec<Filesystem> {
     probes
@@ -235,12 +254,16 @@ pub fn filesystems(
         })
         .map(|p| {
             let name = dev_name(p);
+            let shown = device_names
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| format!("/dev/{name}"));
             let on: Vec<&Mount> = dev_numbers
                 .get(&name)
                 .map(|d| mounts.iter().filter(|m| &m.dev == d).collect())
                 .unwrap_or_default();
             Filesystem {
-                device: format!("/dev/{name}"),
+                device: shown,
                 fstype: p.get("TYPE").cloned().unwrap_or_default(),
                 uuid: p.get("UUID").cloned(),
                 label: p.get("LABEL").cloned(),
@@ -491,7 +514,7 @@ mod tests {
         assert!(mounts.iter().any(|m| m.point == "/"), "{mounts:?}");
         let numbers: HashMap<String, String> =
             [("loop0p2".to_string(), "259:1".to_string())].into();
-        let fs = filesystems(&probes, &mounts, &numbers, &|_| 2048);
+        let fs = filesystems(&probes, &mounts, &numbers, &HashMap::new(), &|_| 2048);
         let got: Vec<(&str, &str, Option<&str>)> = fs
             .iter()
             .map(|f| (f.device.as_str(), f.fstype.as_str(), f.label.as_deref()))
@@ -515,6 +538,7 @@ mod tests {
         let fs = filesystems(
             &blkid_export(&fixture("blkid-mbr.txt")),
             &[],
+            &HashMap::new(),
             &HashMap::new(),
             &|_| 1,
         );

@@ -1,0 +1,182 @@
+//! A Debian 12 "source server" disk for the QEMU suites: debootstrap, a GPT disk with a
+//! BIOS boot partition and an ext4 root, GRUB, static networking with a VLAN (ifupdown),
+//! nginx, and two services: one that builds RAID1 + LVM + xfs + ext4 on the second and
+//! third disks at boot (the host kernel has no md or device-mapper, so the guest does
+//! it), one that runs the Ferry agent handed in by QEMU's fw_cfg (so one cached disk
+//! serves every test, whatever its manager keys).
+//!
+//! The disk is cached under `~/.cache/ferry/`; bump [`VERSION`] when the build changes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Version of the disk recipe (part of the cached file's name).
+pub const VERSION: u32 = 1;
+/// Packages installed by debootstrap.
+pub const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,iproute2,ifupdown,vlan,mdadm,lvm2,xfsprogs,nginx-light,procps";
+/// The root filesystem's UUID.
+pub const ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50";
+/// MACs of the guest's NICs.
+pub const MACS: [&str; 2] = ["52:54:00:f0:00:01", "52:54:00:f0:00:02"];
+
+fn cache() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    home.join(".cache/ferry")
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn sh(script: &str) -> Result<String> {
+    run(Command::new("sh").args(["-euc", script]))
+}
+
+/// Files written into the image (path, mode, text).
+const FILES: &[(&str, u32, &str)] = &[
+    ("/etc/hostname", 0o644, "ferry-src\n"),
+    (
+        "/etc/hosts",
+        0o644,
+        "127.0.0.1 localhost\n127.0.1.1 ferry-src\n",
+    ),
+    (
+        "/etc/resolv.conf",
+        0o644,
+        "nameserver 10.0.2.3\nsearch example.test\n",
+    ),
+    (
+        "/etc/network/interfaces",
+        0o644,
+        "auto lo\niface lo inet loopback\n\n\
+         auto eth0\niface eth0 inet static\n    address 10.0.2.15/24\n    gateway 10.0.2.2\n\n\
+         auto eth1\niface eth1 inet manual\n\n\
+         auto eth1.100\niface eth1.100 inet static\n    address 192.0.2.20/24\n    vlan-raw-device eth1\n",
+    ),
+    (
+        "/usr/local/sbin/ferry-storage",
+        0o755,
+        "#!/bin/sh\n# RAID1 over vdb+vdc, LVM on it, xfs and ext4 on two volumes.\nset -eu\n\
+         if ! [ -e /dev/md0 ]; then\n\
+           mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 --name=data /dev/vdb /dev/vdc\n\
+           pvcreate -q /dev/md0\n  vgcreate -q data /dev/md0\n\
+           lvcreate -q -y -n web -L 400M data\n  lvcreate -q -y -n logs -L 200M data\n\
+           mkfs.xfs -q -L web /dev/data/web\n  mkfs.ext4 -q -L logs /dev/data/logs\n\
+         fi\n\
+         mkdir -p /srv/web /srv/logs\n\
+         grep -q /srv/web /etc/fstab || printf 'LABEL=web /srv/web xfs defaults,noatime 0 2\\nLABEL=logs /srv/logs ext4 defaults 0 2\\n' >> /etc/fstab\n\
+         mount -a\n",
+    ),
+    (
+        "/etc/systemd/system/ferry-storage.service",
+        0o644,
+        "[Unit]\nDescription=Test storage: RAID1 + LVM + xfs + ext4\nAfter=local-fs.target\n\n\
+         [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/ferry-storage\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    ),
+    (
+        "/usr/local/sbin/ferry-agent-start",
+        0o755,
+        "#!/bin/sh\n# The agent and its config come from QEMU's fw_cfg.\nset -eu\nmodprobe qemu_fw_cfg\n\
+         d=/sys/firmware/qemu_fw_cfg/by_name/opt/ferry\nmkdir -p /etc/ferry /var/lib/ferry-agent\n\
+         cp $d/agent/raw /usr/local/bin/ferry-agent\nchmod 755 /usr/local/bin/ferry-agent\n\
+         cp $d/agent.yaml/raw /etc/ferry/agent.yaml\n\
+         echo FERRY-SOURCE-READY > /dev/ttyS0\n\
+         exec /usr/local/bin/ferry-agent run --config /etc/ferry/agent.yaml\n",
+    ),
+    (
+        "/etc/systemd/system/ferry-agent.service",
+        0o644,
+        "[Unit]\nDescription=Ferry agent\nAfter=ferry-storage.service network-online.target nginx.service\nWants=network-online.target\n\n\
+         [Service]\nExecStart=/usr/local/sbin/ferry-agent-start\nRestart=on-failure\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    ),
+];
+
+/// The cached source disk (raw, 3 GiB sparse), built when missing.
+pub fn source_disk() -> Result<PathBuf> {
+    let dir = cache();
+    let disk = dir.join(format!("debian-src-v{VERSION}.raw"));
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    std::fs::create_dir_all(dir.join("debcache"))?;
+    let root = dir.join(format!("debian-root-v{VERSION}"));
+    if !root.join("etc/debian_version").is_file() {
+        let _ = std::fs::remove_dir_all(&root);
+        run(Command::new("debootstrap").args([
+            "--variant=minbase",
+            &format!("--cache-dir={}", dir.join("debcache").display()),
+            &format!("--include={PACKAGES}"),
+            "bookworm",
+            &root.to_string_lossy(),
+            "http://deb.debian.org/debian",
+        ]))
+        .context("debootstrap (Debian: debootstrap; needs deb.debian.org)")?;
+    }
+    for (path, mode, text) in FILES {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap_or(Path::new("/")))?;
+        std::fs::write(&p, text)?;
+        run(Command::new("chmod").arg(format!("{mode:o}")).arg(&p))?;
+    }
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants)?;
+    for unit in ["ferry-storage.service", "ferry-agent.service"] {
+        let link = wants.join(unit);
+        if !link.exists() {
+            std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), link)?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/fstab"),
+        format!("UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"),
+    )?;
+    let kernel = std::fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.starts_with("vmlinuz-"))
+        .context("no kernel in the debootstrapped root")?;
+    let version = kernel.trim_start_matches("vmlinuz-").to_string();
+    let tmp = dir.join(format!("debian-src-v{VERSION}.raw.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mnt = dir.join(format!("debian-mnt-v{VERSION}"));
+    std::fs::create_dir_all(&mnt)?;
+    let grub_cfg = format!(
+        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
+         insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {ROOT_UUID}\n\
+         menuentry 'Debian' {{\n  linux /boot/vmlinuz-{version} root=UUID={ROOT_UUID} ro console=ttyS0,115200 net.ifnames=0 panic=30\n  initrd /boot/initrd.img-{version}\n}}\n"
+    );
+    let script = format!(
+        "truncate -s 3G '{tmp}'\n\
+         sgdisk -Z -n1:0:+1M -t1:EF02 -c1:bios -n2:0:0 -t2:8300 -c2:root '{tmp}' >/dev/null\n\
+         L=$(losetup -f --show '{tmp}')\n\
+         trap 'umount \"{mnt}\" 2>/dev/null || true; partx -d $L 2>/dev/null || true; losetup -d $L' EXIT\n\
+         partx -a $L\n\
+         mkfs.ext4 -q -L root -U {ROOT_UUID} ${{L}}p2\n\
+         mount ${{L}}p2 '{mnt}'\n\
+         cp -a '{root}/.' '{mnt}/'\n\
+         mkdir -p '{mnt}/boot/grub'\n\
+         grub-install --target=i386-pc --boot-directory='{mnt}/boot' --modules='part_gpt ext2' $L 2>/dev/null\n\
+         cat > '{mnt}/boot/grub/grub.cfg' <<'EOF'\n{grub_cfg}EOF\n",
+        tmp = tmp.display(),
+        mnt = mnt.display(),
+        root = root.display(),
+    );
+    sh(&script).context("building the Debian source disk")?;
+    std::fs::rename(&tmp, &disk)?;
+    Ok(disk)
+}
