@@ -2,8 +2,9 @@
 //! BIOS boot partition and an ext4 root, GRUB, static networking with a VLAN (ifupdown),
 //! nginx, and two services: one that builds RAID1 + LVM + xfs + ext4 on the second and
 //! third disks at boot (the host kernel has no md or device-mapper, so the guest does
-//! it), one that runs the Ferry agent handed in by QEMU's fw_cfg (so one cached disk
-//! serves every test, whatever its manager keys).
+//! it), one that runs the Ferry agent from a CD the test makes (so one cached disk
+//! serves every test, whatever its manager keys; QEMU's fw_cfg reads a 7 MB file far
+//! too slowly on TCG).
 //!
 //! The disk is cached under `~/.cache/ferry/`; bump [`VERSION`] when the build changes.
 
@@ -13,7 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Version of the disk recipe (part of the cached file's name).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Packages installed by debootstrap.
 pub const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,iproute2,ifupdown,vlan,mdadm,lvm2,xfsprogs,nginx-light,procps";
 /// The root filesystem's UUID.
@@ -90,10 +91,12 @@ const FILES: &[(&str, u32, &str)] = &[
     (
         "/usr/local/sbin/ferry-agent-start",
         0o755,
-        "#!/bin/sh\n# The agent and its config come from QEMU's fw_cfg.\nset -eu\nmodprobe qemu_fw_cfg\n\
-         d=/sys/firmware/qemu_fw_cfg/by_name/opt/ferry\nmkdir -p /etc/ferry /var/lib/ferry-agent\n\
-         cp $d/agent/raw /usr/local/bin/ferry-agent\nchmod 755 /usr/local/bin/ferry-agent\n\
-         cp $d/agent.yaml/raw /etc/ferry/agent.yaml\n\
+        "#!/bin/sh\n# The agent and its config come on a CD labelled FERRYAGENT.\nset -eu\n\
+         mkdir -p /etc/ferry /var/lib/ferry-agent /run/ferry-cd\n\
+         for i in $(seq 60); do [ -e /dev/disk/by-label/FERRYAGENT ] && break; sleep 1; done\n\
+         mount -o ro /dev/disk/by-label/FERRYAGENT /run/ferry-cd\n\
+         cp /run/ferry-cd/ferry-agent /usr/local/bin/ferry-agent\nchmod 755 /usr/local/bin/ferry-agent\n\
+         cp /run/ferry-cd/agent.yaml /etc/ferry/agent.yaml\numount /run/ferry-cd\n\
          echo FERRY-SOURCE-READY > /dev/ttyS0\n\
          exec /usr/local/bin/ferry-agent run --config /etc/ferry/agent.yaml\n",
     ),
@@ -137,7 +140,7 @@ pub fn source_disk() -> Result<PathBuf> {
     std::fs::create_dir_all(&wants)?;
     for unit in ["ferry-storage.service", "ferry-agent.service"] {
         let link = wants.join(unit);
-        if !link.exists() {
+        if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), link)?;
         }
     }
@@ -179,4 +182,18 @@ pub fn source_disk() -> Result<PathBuf> {
     sh(&script).context("building the Debian source disk")?;
     std::fs::rename(&tmp, &disk)?;
     Ok(disk)
+}
+
+/// A CD image (label `FERRYAGENT`) holding the agent binary and its config.
+pub fn agent_cd(dest: &Path, agent: &Path, config: &Path) -> Result<()> {
+    let dir = dest.with_extension("d");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(agent, dir.join("ferry-agent"))?;
+    std::fs::copy(config, dir.join("agent.yaml"))?;
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-V", "FERRYAGENT", "-o"])
+        .arg(dest)
+        .arg(&dir))
+    .context("making the agent CD (Debian: xorriso)")?;
+    Ok(())
 }

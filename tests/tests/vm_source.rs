@@ -1,7 +1,7 @@
 //! A Debian 12 source server in QEMU — two NICs with fixed MACs (one carrying a VLAN,
 //! static addresses by ifupdown), three disks (a GPT system disk; RAID1 over the other
 //! two, LVM on the array, xfs and ext4 on its volumes), nginx running — surveyed by an
-//! installed Ferry agent: every one of those facts must appear in `ferry agent show
+//! installed Ferry agent (from a CD): every one of those facts must appear in `ferry agent show
 //! --json`. Then the same machine boots the Ferry ramdisk, whose agent must report the
 //! same hardware.
 
@@ -145,10 +145,10 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     // 1. The installed system.
     let console = work.path().join("source.log");
     let mut args = machine(work.path(), &system, &console)?;
-    for (name, file) in [("agent", &agent), ("agent.yaml", &config)] {
-        args.push("-fw_cfg".into());
-        args.push(format!("name=opt/ferry/{name},file={}", file.display()));
-    }
+    let cd = work.path().join("agent.iso");
+    debian::agent_cd(&cd, &agent, &config)?;
+    args.push("-cdrom".into());
+    args.push(cd.to_string_lossy().into());
     let mut vm = Qemu::start(work.path(), &console, &args, None)?;
     let (_, src) = wait_agent(&m, &mut vm, "installed", Duration::from_secs(420), |s| {
         !s.os.storage.md_arrays.is_empty()
@@ -168,6 +168,9 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     m.boot_files(&boot, "panic=-1")?;
     let console = work.path().join("ramdisk.log");
     let mut args = machine(work.path(), &system, &console)?;
+    // The same CD drive, so the hardware is the same.
+    args.push("-cdrom".into());
+    args.push(work.path().join("agent.iso").to_string_lossy().into());
     args.extend([
         "-kernel".to_string(),
         r.join("vmlinux").to_string_lossy().into(),
