@@ -57,23 +57,30 @@ pub struct Qemu {
     started: Instant,
 }
 
+/// Creates an empty qcow2 disk of `size` (e.g. `1G`) unless `path` exists.
+pub fn qcow2(path: &Path, size: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .context("running qemu-img (Debian: qemu-utils)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "qemu-img: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The options every test VM shares: TCG, one CPU, 1 GiB, serial console to a file,
 /// no display, exit instead of reboot, a 64 MiB scratch disk.
 pub fn base_args(work: &Path, console: &Path) -> Result<Vec<String>> {
     let disk = work.join("disk.qcow2");
-    if !disk.exists() {
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("64M")
-            .output()
-            .context("running qemu-img (Debian: qemu-utils)")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "qemu-img: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    qcow2(&disk, "64M")?;
     Ok([
         "-accel",
         "tcg",
@@ -121,11 +128,6 @@ impl Qemu {
             console: console.to_path_buf(),
             started: Instant::now(),
         })
-    }
-
-    /// QEMU's exit status, if it has ended.
-    pub fn proc_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.proc.try_wait()
     }
 
     /// The serial console so far.
@@ -299,17 +301,31 @@ impl Manager {
     /// Waits for a ramdisk agent that has a status and has beaten its heart twice;
     /// returns its view (`ferry agent show --json`).
     pub async fn wait_ramdisk_agent(&self, vm: &mut Qemu, timeout: Duration) -> Result<Value> {
+        self.wait_agent(vm, timeout, |a| {
+            a["status"]["kind"] == "ramdisk" && a["heartbeat"]["seq"].as_u64().unwrap_or(0) >= 2
+        })
+        .await
+    }
+
+    /// Waits for an agent whose view (an entry of `ferry agents --json`) satisfies
+    /// `done`, failing early if the VM ends; returns that view.
+    pub async fn wait_agent(
+        &self,
+        vm: &mut Qemu,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
         while Instant::now() < deadline {
             if let Ok(text) = self.ferry(&["agents", "--json"])
                 && let Ok(Value::Array(agents)) = serde_json::from_str::<Value>(&text)
             {
                 for a in agents {
-                    let ramdisk = a["status"]["kind"] == "ramdisk";
-                    let beats = a["heartbeat"]["seq"].as_u64().unwrap_or(0);
-                    if ramdisk && beats >= 2 {
+                    if done(&a) {
                         return Ok(a);
                     }
+                    last = a;
                 }
             }
             if let Some(status) = vm.proc.try_wait() {
@@ -321,7 +337,7 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         bail!(
-            "no ramdisk agent heartbeat within {timeout:?}:\n{}",
+            "no agent as expected within {timeout:?}; last seen: {last:#}\n{}",
             vm.tail()
         )
     }

@@ -6,12 +6,12 @@
 //! same hardware.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ferry_model::survey::Survey;
 use ferry_tests::debian::{self, MACS, ROOT_UUID};
-use ferry_tests::vm::{Manager, Qemu, ramdisk};
+use ferry_tests::vm::{Manager, Qemu, qcow2, ramdisk};
 use serde_json::Value;
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -54,14 +54,7 @@ fn machine(work: &Path, system: &Path, console: &Path) -> Result<Vec<String>> {
     .enumerate()
     {
         let path = work.join(name);
-        if !path.exists() {
-            let out = std::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&path)
-                .arg("1G")
-                .output()?;
-            anyhow::ensure!(out.status.success(), "qemu-img: {out:?}");
-        }
+        qcow2(&path, "1G")?;
         disk(
             i + 1,
             format!("file={},format=qcow2", path.display()),
@@ -81,7 +74,7 @@ fn machine(work: &Path, system: &Path, console: &Path) -> Result<Vec<String>> {
     Ok(a)
 }
 
-/// Polls `ferry agents --json` until an agent of `kind` satisfies `done`.
+/// Waits for an agent of `kind` whose survey satisfies `done`; its id and survey.
 async fn wait_agent(
     m: &Manager,
     vm: &mut Qemu,
@@ -89,33 +82,14 @@ async fn wait_agent(
     timeout: Duration,
     done: impl Fn(&Survey) -> bool,
 ) -> Result<(String, Survey)> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(text) = m.ferry(&["agents", "--json"])
-            && let Ok(Value::Array(agents)) = serde_json::from_str::<Value>(&text)
-        {
-            for a in agents {
-                if a["status"]["kind"] != kind {
-                    continue;
-                }
-                let survey: Survey = serde_json::from_value(a["status"]["survey"].clone())?;
-                let id = a["id"].as_str().unwrap_or_default().to_string();
-                if done(&survey) {
-                    return Ok((id, survey));
-                }
-                last = Some(survey);
-            }
-        }
-        if let Some(status) = vm.proc_exit() {
-            bail!("QEMU ended ({status}):\n{}", vm.tail());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    bail!(
-        "no {kind} agent with the expected survey within {timeout:?}; last survey: {last:#?}\n{}",
-        vm.tail()
-    )
+    let survey = |a: &Value| serde_json::from_value::<Survey>(a["status"]["survey"].clone()).ok();
+    let a = m
+        .wait_agent(vm, timeout, |a| {
+            a["status"]["kind"] == kind && survey(a).is_some_and(|s| done(&s))
+        })
+        .await?;
+    let id = a["id"].as_str().unwrap_or_default().to_string();
+    Ok((id, survey(&a).context("the survey reads back")?))
 }
 
 #[tokio::test]
