@@ -528,6 +528,10 @@ pub struct Interface {
     /// Hardware address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The factory address where it differs from `mac` — e.g. the second member of
+    /// an active-backup bond carries the bond's address. Match target NICs on this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent_mac: Option<String>,
     /// MTU.
     pub mtu: u32,
     /// Operational state, e.g. `UP`.

@@ -1,5 +1,5 @@
-//! Applications: services started at boot, installed packages (the dpkg database read
-//! directly), listening sockets with their process and service (/proc), and the
+//! Applications: services started at boot, installed packages (the dpkg and rpm
+//! databases read directly), listening sockets with their process and service (/proc), and the
 //! configurations of known servers with the addresses they bind.
 
 use std::collections::HashMap;
@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ferry_model::survey::{AppConfig, Apps, Listener, Package};
 
-use super::{Gaps, Host};
+use super::{Gaps, Host, rpmdb};
 
 /// Services, packages, listeners and application configs of `host`.
 pub fn apps(host: &Host, gaps: &mut Gaps) -> Apps {
@@ -28,17 +28,9 @@ pub fn apps(host: &Host, gaps: &mut Gaps) -> Apps {
         .find(|d| host.exists(d))
     {
         a.package_manager = Some("rpm".into());
-        let sqlite = format!("{dir}/rpmdb.sqlite");
-        if host.exists(&sqlite) {
-            match rpmdb_packages(&host.path(&sqlite)) {
-                Ok(p) => a.packages = p,
-                Err(e) => gaps.note("packages", format!("{sqlite}: {e}")),
-            }
-        } else {
-            gaps.note(
-                "packages",
-                format!("{dir}: only rpmdb.sqlite (RPM 4.16 and later) is read; this Berkeley DB or NDB database is not yet"),
-            );
+        match rpmdb::packages(host, dir) {
+            Ok(p) => a.packages = p,
+            Err(e) => gaps.note("packages", e),
         }
     }
     let owners = socket_owners(host);
@@ -108,80 +100,6 @@ pub fn dpkg_status(text: &str) -> Vec<Package> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-/// Installed packages from an RPM 4.16+ database (`rpmdb.sqlite`), opened read-only
-/// and immutable so a live server's database is never locked or written.
-pub fn rpmdb_packages(path: &std::path::Path) -> Result<Vec<Package>, String> {
-    use rusqlite::{Connection, OpenFlags};
-    let uri = format!("file:{}?immutable=1", path.display());
-    let db = Connection::open_with_flags(
-        &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_URI
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut q = db
-        .prepare("SELECT blob FROM Packages")
-        .map_err(|e| format!("not an rpm database: {e}"))?;
-    let blobs = q
-        .query_map([], |row| row.get::<_, Vec<u8>>(0))
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for blob in blobs {
-        let blob = blob.map_err(|e| e.to_string())?;
-        match rpm_header(&blob) {
-            Some(p) if p.name != "gpg-pubkey" => out.push(p),
-            Some(_) => {}
-            None => return Err("a package header does not parse".into()),
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// Name, `[epoch:]version-release` and architecture from an RPM header blob: entry
-/// count and data size (big-endian u32), 16-byte entries (tag, type, offset, count),
-/// then the data.
-pub fn rpm_header(blob: &[u8]) -> Option<Package> {
-    const NAME: u32 = 1000;
-    const VERSION: u32 = 1001;
-    const RELEASE: u32 = 1002;
-    const EPOCH: u32 = 1003;
-    const ARCH: u32 = 1022;
-    let be = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(blob.get(at..at + 4)?.try_into().ok()?))
-    };
-    let (il, dl) = (be(0)? as usize, be(4)? as usize);
-    let data_at = 8 + il.checked_mul(16)?;
-    let data = blob.get(data_at..data_at.checked_add(dl)?)?;
-    let mut fields: HashMap<u32, String> = HashMap::new();
-    for i in 0..il {
-        let e = 8 + i * 16;
-        let (tag, kind, offset) = (be(e)?, be(e + 4)?, be(e + 8)? as usize);
-        let value = match kind {
-            // STRING and I18NSTRING: NUL-terminated.
-            6 | 9 => {
-                let rest = data.get(offset..)?;
-                let end = rest.iter().position(|b| *b == 0)?;
-                String::from_utf8_lossy(&rest[..end]).to_string()
-            }
-            // INT32.
-            4 => u32::from_be_bytes(data.get(offset..offset + 4)?.try_into().ok()?).to_string(),
-            _ => continue,
-        };
-        fields.insert(tag, value);
-    }
-    let version = match fields.get(&EPOCH) {
-        Some(e) => format!("{e}:{}-{}", fields.get(&VERSION)?, fields.get(&RELEASE)?),
-        None => format!("{}-{}", fields.get(&VERSION)?, fields.get(&RELEASE)?),
-    };
-    Some(Package {
-        name: fields.remove(&NAME)?,
-        version,
-        arch: fields.remove(&ARCH).unwrap_or_default(),
-    })
 }
 
 /// Who owns each socket inode: (pid, process name, systemd unit).
@@ -508,41 +426,6 @@ mod tests {
         );
         let removed = "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: kept\nStatus: install ok installed\nVersion: 2\nArchitecture: all\n";
         assert_eq!(dpkg_status(removed).len(), 1);
-    }
-
-    #[test]
-    fn packages_from_an_rpm_sqlite_database() {
-        let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/survey/rpmdb.sqlite");
-        assert!(fixture("rpmdb.sqlite.txt").contains("rpmdb.sqlite"));
-        let p = rpmdb_packages(&db).unwrap();
-        let got: Vec<(&str, &str, &str)> = p
-            .iter()
-            .map(|p| (p.name.as_str(), p.version.as_str(), p.arch.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("ferry-hello", "2:1.2.3-4.el9", "noarch"),
-                ("ferry-web", "0.9-1", "x86_64")
-            ]
-        );
-        // On a host tree: found under /var/lib/rpm, no dpkg.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("var/lib/rpm")).unwrap();
-        std::fs::copy(&db, dir.path().join("var/lib/rpm/rpmdb.sqlite")).unwrap();
-        let mut gaps = Gaps::default();
-        let a = apps(&host(dir.path(), &[]), &mut gaps);
-        assert_eq!(a.package_manager.as_deref(), Some("rpm"));
-        assert_eq!(a.packages.len(), 2);
-        // Not a database, and a truncated header: errors, not panics.
-        std::fs::write(dir.path().join("var/lib/rpm/rpmdb.sqlite"), "garbage").unwrap();
-        let mut gaps = Gaps::default();
-        let a = apps(&host(dir.path(), &[]), &mut gaps);
-        assert!(a.packages.is_empty());
-        assert!(gaps.0.iter().any(|g| g.what == "packages"), "{:?}", gaps.0);
-        assert_eq!(rpm_header(&[0, 0, 0, 9, 0, 0, 0, 1]), None);
-        assert_eq!(rpm_header(&[0xff; 8]), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod apps;
 pub mod hw;
 pub mod net;
 pub mod os;
+pub mod rpmdb;
 pub mod storage;
 
 use std::fs;

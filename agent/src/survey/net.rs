@@ -55,6 +55,9 @@ pub fn interfaces(text: &str) -> Result<Vec<Interface>, String> {
             Interface {
                 name: string(&l["ifname"]).unwrap_or_default(),
                 mac: string(&l["address"]).filter(|_| l["link_type"] != "loopback"),
+                permanent_mac: string(&l["permaddr"])
+                    .or_else(|| string(&info["info_slave_data"]["perm_hwaddr"]))
+                    .filter(|p| l["address"].as_str() != Some(p)),
                 mtu: l["mtu"].as_u64().unwrap_or(0) as u32,
                 state: string(&l["operstate"]).unwrap_or_default(),
                 addresses: l["addr_info"]
@@ -235,19 +238,35 @@ mod tests {
     }
 
     #[test]
-    fn vlans_and_bonds_from_ip_json() {
-        // The fields `ip -j -d` prints for a VLAN and a bond (iproute2 6.1).
-        let text = r#"[{"ifname":"eth0.100","link":"eth0","mtu":1500,"operstate":"UP","link_type":"ether","address":"52:54:00:00:00:01","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":100}},"addr_info":[]},
-            {"ifname":"bond0","mtu":1500,"operstate":"UP","link_type":"ether","address":"52:54:00:00:00:02","linkinfo":{"info_kind":"bond","info_data":{"mode":"active-backup"}},"addr_info":[]}]"#;
-        let i = interfaces(text).unwrap();
+    fn bonds_and_vlans_on_bonds() {
+        let i = interfaces(&fixture("ip-addr-bond-vlan.json")).unwrap();
+        let by = |n: &str| i.iter().find(|x| x.name == n).unwrap();
+        let bond = by("bond0");
         assert_eq!(
-            (i[0].kind.as_str(), i[0].vlan_id, i[0].link.as_deref()),
-            ("vlan", Some(100), Some("eth0"))
-        );
-        assert_eq!(
-            (i[1].kind.as_str(), i[1].bond_mode.as_deref()),
+            (bond.kind.as_str(), bond.bond_mode.as_deref()),
             ("bond", Some("active-backup"))
         );
+        // fec0::/64 is the SLAAC prefix QEMU's user network announced.
+        assert_eq!(
+            bond.addresses,
+            ["198.51.100.7/24", "fec0::5054:ff:fe12:3401/64"]
+        );
+        for member in ["eth0", "eth1"] {
+            assert_eq!(by(member).master.as_deref(), Some("bond0"));
+        }
+        // The backup member wears the bond's address; its own is kept.
+        assert_eq!(by("eth1").mac.as_deref(), Some("52:54:00:12:34:01"));
+        assert_eq!(
+            by("eth1").permanent_mac.as_deref(),
+            Some("52:54:00:12:34:02")
+        );
+        assert_eq!(by("eth0").permanent_mac, None);
+        let vlan = by("bond0.42");
+        assert_eq!(
+            (vlan.kind.as_str(), vlan.vlan_id, vlan.link.as_deref()),
+            ("vlan", Some(42), Some("bond0"))
+        );
+        assert_eq!(vlan.addresses, ["192.0.2.42/24"]);
     }
 
     #[test]
