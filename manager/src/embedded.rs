@@ -287,9 +287,22 @@ impl S3 for Backend {
             return Err(s3_error!(NoSuchKey));
         };
         let modified = modified(self.store.root(), &req.input.key);
+        let e_tag = Some(etag_of(&bytes));
+        let full = bytes.len() as u64;
+        let (bytes, content_range) = match &req.input.range {
+            None => (bytes, None),
+            Some(r) => {
+                let r = r
+                    .check(full)
+                    .map_err(|_| s3_error!(InvalidRange, "the range is not in the object"))?;
+                let range = Some(format!("bytes {}-{}/{full}", r.start, r.end - 1));
+                (bytes.slice(r.start as usize..r.end as usize), range)
+            }
+        };
         Ok(S3Response::new(dto::GetObjectOutput {
             content_length: Some(bytes.len() as i64),
-            e_tag: Some(etag_of(&bytes)),
+            content_range,
+            e_tag,
             last_modified: modified,
             body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
             ..Default::default()

@@ -60,6 +60,10 @@ impl Store for CountingStore {
         self.hit(2);
         self.inner.get(key).await
     }
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        self.hit(2);
+        self.inner.get_range(key, offset, len).await
+    }
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.hit(3);
         self.inner.delete(key).await

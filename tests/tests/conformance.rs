@@ -59,13 +59,45 @@ async fn suite(backend: &str, s: Arc<dyn Store>) -> Report {
         Some(&binary[..])
     );
 
-    // One-level listing: objects and folders, relative names, sorted.
+    // Ranged reads: inside, up to the end, past the end, of nothing.
+    let blob = k("deep/er/blob");
+    let range = |offset: u64, len: u64| {
+        let s = s.clone();
+        let blob = blob.clone();
+        async move { s.get_range(&blob, offset, len).await.expect("get_range") }
+    };
+    assert_eq!(
+        range(1000, 70_000).await.as_deref(),
+        Some(&binary[1000..71_000]),
+        "{backend}"
+    );
+    let size = binary.len() as u64;
+    assert_eq!(
+        range(size - 10, 10).await.as_deref(),
+        Some(&binary[binary.len() - 10..])
+    );
+    assert_eq!(
+        range(size - 10, 100).await.as_deref(),
+        Some(&binary[binary.len() - 10..]),
+        "{backend}: a range past the end gives what is there"
+    );
+    assert_eq!(
+        s.get_range(&k("missing"), 0, 10)
+            .await
+            .expect("range of missing"),
+        None
+    );
+
+    // One-level listing: objects with sizes and folders, relative names, sorted.
     s.put(&k("b.json"), Bytes::from_static(b"b"))
         .await
         .expect("put");
     let l = s.list(&run).await.expect("list");
     assert_eq!(l.objects, vec!["a.json", "b.json"], "{backend}");
+    assert_eq!(l.sizes, vec![3, 1], "{backend}");
     assert_eq!(l.folders, vec!["deep"], "{backend}");
+    let l = s.list(&k("deep/er/")).await.expect("list");
+    assert_eq!(l.sizes, vec![size], "{backend}");
     let l = s.list(&k("deep/")).await.expect("list");
     assert!(
         l.objects.is_empty() && l.folders == vec!["er"],

@@ -17,7 +17,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/></D:prop></D:propfind>"#;
+const PROPFIND_BODY: &str = r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/></D:prop></D:propfind>"#;
 
 /// A WebDAV collection used as a store.
 #[derive(Debug)]
@@ -206,6 +206,37 @@ impl Store for DavStore {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        if len == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let last = offset.saturating_add(len) - 1;
+        let resp = self
+            .request(Method::GET, self.href(key)?)
+            .header("Range", format!("bytes={offset}-{last}"))
+            .send()
+            .await
+            .map_err(|e| self.transport("get", key, e))?;
+        let whole = match resp.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Some(Bytes::new())),
+            StatusCode::PARTIAL_CONTENT => false,
+            s if s.is_success() => true,
+            s => return Err(self.status("get", key, s)),
+        };
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport("get", key, e))?;
+        // A server that ignores Range sends the whole object.
+        Ok(Some(if whole {
+            let start = (offset as usize).min(body.len());
+            body.slice(start..(start + len as usize).min(body.len()))
+        } else {
+            body
+        }))
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let resp = self
             .request(Method::DELETE, self.href(key)?)
@@ -250,8 +281,8 @@ impl Store for DavStore {
         let own = percent_decode_str(url.path())
             .decode_utf8_lossy()
             .to_string();
-        let mut listing = Listing::default();
-        for (href, is_dir) in entries {
+        let (mut objects, mut folders) = (Vec::new(), Vec::new());
+        for (href, is_dir, size) in entries {
             // A href is an absolute URL or an absolute path; only its path matters.
             let path = match url::Url::parse(&href) {
                 Ok(u) => u.path().to_string(),
@@ -266,23 +297,23 @@ impl Store for DavStore {
                 continue;
             }
             if is_dir {
-                listing.folders.push(name.to_string());
+                folders.push(name.to_string());
             } else {
-                listing.objects.push(name.to_string());
+                objects.push((name.to_string(), size));
             }
         }
-        listing.objects.sort();
-        listing.folders.sort();
-        Ok(listing)
+        Ok(Listing::new(objects, folders))
     }
 }
 
-/// Reads `(href, is collection)` pairs out of a PROPFIND multistatus body.
-pub fn parse_multistatus(xml: &str) -> Result<Vec<(String, bool)>, String> {
+/// Reads `(href, is collection, content length)` out of a PROPFIND multistatus body.
+pub fn parse_multistatus(xml: &str) -> Result<Vec<(String, bool, u64)>, String> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
     let mut in_href = false;
+    let mut in_length = false;
+    let mut length = String::new();
     let mut href = String::new();
     let mut is_dir = false;
     let mut in_response = false;
@@ -292,9 +323,11 @@ pub fn parse_multistatus(xml: &str) -> Result<Vec<(String, bool)>, String> {
                 b"response" => {
                     in_response = true;
                     href.clear();
+                    length.clear();
                     is_dir = false;
                 }
                 b"href" if in_response => in_href = true,
+                b"getcontentlength" if in_response => in_length = true,
                 b"collection" if in_response => is_dir = true,
                 _ => {}
             },
@@ -303,6 +336,9 @@ pub fn parse_multistatus(xml: &str) -> Result<Vec<(String, bool)>, String> {
             }
             Ok(Event::Text(t)) if in_href => {
                 href.push_str(&t.decode().map_err(|e| e.to_string())?);
+            }
+            Ok(Event::Text(t)) if in_length => {
+                length.push_str(&t.decode().map_err(|e| e.to_string())?);
             }
             Ok(Event::GeneralRef(r)) if in_href => {
                 // Entities such as &amp; inside an href.
@@ -318,10 +354,12 @@ pub fn parse_multistatus(xml: &str) -> Result<Vec<(String, bool)>, String> {
             }
             Ok(Event::End(e)) => match e.local_name().as_ref() {
                 b"href" => in_href = false,
+                b"getcontentlength" => in_length = false,
                 b"response" => {
                     in_response = false;
                     if !href.is_empty() {
-                        out.push((href.trim().to_string(), is_dir));
+                        let size = length.trim().parse().unwrap_or(0);
+                        out.push((href.trim().to_string(), is_dir, size));
                     }
                 }
                 _ => {}
@@ -344,15 +382,15 @@ mod tests {
 <D:multistatus xmlns:D="DAV:" xmlns:ns0="DAV:">
 <D:response xmlns:lp1="DAV:"><D:href>/dav/mailboxes/</D:href><D:propstat><D:prop><lp1:resourcetype><D:collection/></lp1:resourcetype></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
 <D:response xmlns:lp1="DAV:"><D:href>/dav/mailboxes/a%20b/</D:href><D:propstat><D:prop><lp1:resourcetype><D:collection/></lp1:resourcetype></D:prop></D:propstat></D:response>
-<D:response xmlns:lp1="DAV:"><D:href>https://h/dav/mailboxes/x.json</D:href><D:propstat><D:prop><lp1:resourcetype/></D:prop></D:propstat></D:response>
+<D:response xmlns:lp1="DAV:"><D:href>https://h/dav/mailboxes/x.json</D:href><D:propstat><D:prop><lp1:resourcetype/><lp1:getcontentlength>1234</lp1:getcontentlength></D:prop></D:propstat></D:response>
 </D:multistatus>"#;
         let got = parse_multistatus(xml).expect("parses");
         assert_eq!(
             got,
             vec![
-                ("/dav/mailboxes/".to_string(), true),
-                ("/dav/mailboxes/a%20b/".to_string(), true),
-                ("https://h/dav/mailboxes/x.json".to_string(), false),
+                ("/dav/mailboxes/".to_string(), true, 0),
+                ("/dav/mailboxes/a%20b/".to_string(), true, 0),
+                ("https://h/dav/mailboxes/x.json".to_string(), false, 1234),
             ]
         );
     }

@@ -130,6 +130,24 @@ impl Store for FolderStore {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(key)?;
+        let read = blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            let len = len.min(size.saturating_sub(offset)) as usize;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        });
+        match read.await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key)?;
         match blocking(move || std::fs::remove_file(&path)).await {
@@ -142,10 +160,10 @@ impl Store for FolderStore {
     async fn list(&self, prefix: &str) -> StoreResult<Listing> {
         let dir = self.path(prefix)?;
         let read = blocking(move || {
-            let mut listing = Listing::default();
+            let (mut objects, mut folders) = (Vec::new(), Vec::new());
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
                 Err(e) => return Err(e),
             };
             for entry in entries {
@@ -157,14 +175,12 @@ impl Store for FolderStore {
                     continue;
                 }
                 if entry.file_type()?.is_dir() {
-                    listing.folders.push(name);
+                    folders.push(name);
                 } else {
-                    listing.objects.push(name);
+                    objects.push((name, entry.metadata()?.len()));
                 }
             }
-            listing.objects.sort();
-            listing.folders.sort();
-            Ok(listing)
+            Ok(Listing::new(objects, folders))
         });
         read.await.map_err(|e| self.err("list", prefix, e))
     }

@@ -24,8 +24,24 @@ pub enum Created {
 pub struct Listing {
     /// Names (relative to the listed prefix) of objects directly under it, sorted.
     pub objects: Vec<String>,
+    /// The size in bytes of each object, in the order of `objects`.
+    pub sizes: Vec<u64>,
     /// Names (relative, without trailing `/`) of sub-folders directly under it, sorted.
     pub folders: Vec<String>,
+}
+
+impl Listing {
+    /// A listing of `objects` (name, size) and `folders`, in any order.
+    pub fn new(mut objects: Vec<(String, u64)>, mut folders: Vec<String>) -> Listing {
+        objects.sort();
+        folders.sort();
+        let (objects, sizes) = objects.into_iter().unzip();
+        Listing {
+            objects,
+            sizes,
+            folders,
+        }
+    }
 }
 
 /// A store failure, classified so callers can retry what is worth retrying.
@@ -98,6 +114,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Reads the object at `key`; `None` when there is none.
     async fn get(&self, key: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Reads `len` bytes at `offset` of the object at `key`; `None` when there is no
+    /// object. Fewer bytes come back only where the object ends.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Option<Bytes>>;
 
     /// Deletes the object at `key`; succeeds when there is none.
     async fn delete(&self, key: &str) -> StoreResult<()>;

@@ -155,6 +155,18 @@ impl Store for S3Store {
         }
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        if len == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let range = offset..offset.saturating_add(len);
+        match self.inner.get_range(&path(key)?, range).await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("get", key, e)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         match self.inner.delete(&path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -176,16 +188,13 @@ impl Store for S3Store {
                 .map(|s| s.trim_end_matches('/').to_string())
                 .filter(|s| !s.is_empty() && !s.contains('/'))
         };
-        let mut listing = Listing {
-            objects: result
+        Ok(Listing::new(
+            result
                 .objects
                 .iter()
-                .filter_map(|o| strip(&o.location))
+                .filter_map(|o| Some((strip(&o.location)?, o.size)))
                 .collect(),
-            folders: result.common_prefixes.iter().filter_map(strip).collect(),
-        };
-        listing.objects.sort();
-        listing.folders.sort();
-        Ok(listing)
+            result.common_prefixes.iter().filter_map(strip).collect(),
+        ))
     }
 }
