@@ -1,4 +1,5 @@
 //! Ferry's shared domain and protocol types: plain data with serde and validation, no I/O.
 
+pub mod image;
 pub mod protocol;
 pub mod survey;

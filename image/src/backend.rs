@@ -1,0 +1,172 @@
+//! The library's repository files on a Ferry store (folder, S3 or WebDAV), in restic's
+//! layout: `config`, `keys/ID`, `snapshots/ID`, `index/ID`, `data/XX/ID`.
+//!
+//! rustic_core calls its backend from its own worker threads and expects blocking
+//! calls; the stores are async. Each call runs on the library's runtime through its
+//! handle, so it must never be made from a thread of that runtime.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_mailbox::store::{Store, StoreError};
+use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, WriteBackend};
+use tokio::runtime::Handle;
+
+/// A restic repository under `prefix` of a store.
+#[derive(Debug)]
+pub struct StoreBackend {
+    store: Arc<dyn Store>,
+    /// Empty, or a folder path ending in `/`.
+    prefix: String,
+    rt: Handle,
+}
+
+type Result<T> = rustic_core::RusticResult<T>;
+
+fn failed(what: String, e: StoreError) -> Box<RusticError> {
+    RusticError::with_source(ErrorKind::Backend, what, e)
+}
+
+impl StoreBackend {
+    /// The repository at `prefix` (empty or ending in `/`) of `store`; calls run on `rt`.
+    pub fn new(store: Arc<dyn Store>, prefix: &str, rt: Handle) -> StoreBackend {
+        let prefix = match prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        StoreBackend { store, prefix, rt }
+    }
+
+    /// The store key of a repository file.
+    pub fn key(&self, tpe: FileType, id: &Id) -> String {
+        let hex = id.to_hex();
+        match tpe {
+            FileType::Config => format!("{}config", self.prefix),
+            FileType::Pack => format!("{}data/{}/{}", self.prefix, &hex[..2], &*hex),
+            _ => format!("{}{}/{}", self.prefix, tpe.dirname(), &*hex),
+        }
+    }
+
+    fn list_folder(&self, folder: &str) -> Result<Vec<(Id, u32)>> {
+        let listing = self
+            .rt
+            .block_on(self.store.list(folder))
+            .map_err(|e| failed(format!("listing {folder} of the library"), e))?;
+        Ok(listing
+            .objects
+            .iter()
+            .zip(&listing.sizes)
+            .filter_map(|(name, size)| Some((name.parse::<Id>().ok()?, u32::try_from(*size).ok()?)))
+            .collect())
+    }
+}
+
+impl ReadBackend for StoreBackend {
+    fn location(&self) -> String {
+        format!("{}/{}", self.store.url().trim_end_matches('/'), self.prefix)
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> Result<Vec<(Id, u32)>> {
+        match tpe {
+            FileType::Config => {
+                let listing = self
+                    .rt
+                    .block_on(self.store.list(&self.prefix))
+                    .map_err(|e| failed("listing the library".into(), e))?;
+                Ok(listing
+                    .objects
+                    .iter()
+                    .zip(&listing.sizes)
+                    .filter(|(name, _)| *name == "config")
+                    .map(|(_, size)| (Id::default(), *size as u32))
+                    .collect())
+            }
+            FileType::Pack => {
+                let data = format!("{}data/", self.prefix);
+                let folders = self
+                    .rt
+                    .block_on(self.store.list(&data))
+                    .map_err(|e| failed("listing the library's data".into(), e))?
+                    .folders;
+                let mut out = Vec::new();
+                for f in folders.iter().filter(|f| f.len() == 2) {
+                    out.extend(self.list_folder(&format!("{data}{f}/"))?);
+                }
+                Ok(out)
+            }
+            _ => self.list_folder(&format!("{}{}/", self.prefix, tpe.dirname())),
+        }
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> Result<Bytes> {
+        let key = self.key(tpe, id);
+        match self.rt.block_on(self.store.get(&key)) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(RusticError::new(
+                ErrorKind::Backend,
+                format!("{key} is missing from the library"),
+            )),
+            Err(e) => Err(failed(format!("reading {key}"), e)),
+        }
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> Result<Bytes> {
+        let key = self.key(tpe, id);
+        let got = self
+            .rt
+            .block_on(self.store.get_range(&key, offset.into(), length.into()));
+        match got {
+            Ok(Some(b)) if b.len() == length as usize => Ok(b),
+            Ok(Some(b)) => Err(RusticError::new(
+                ErrorKind::Backend,
+                format!(
+                    "{key} is truncated: {} of {length} bytes at {offset}",
+                    b.len()
+                ),
+            )),
+            Ok(None) => Err(RusticError::new(
+                ErrorKind::Backend,
+                format!("{key} is missing from the library"),
+            )),
+            Err(e) => Err(failed(format!("reading {key}"), e)),
+        }
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.key(tpe, id)
+    }
+}
+
+impl WriteBackend for StoreBackend {
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        content: BytesList,
+    ) -> Result<()> {
+        let key = self.key(tpe, id);
+        let parts = content.into_vec();
+        let body = match parts.len() {
+            1 => parts.into_iter().next().unwrap_or_default(),
+            _ => Bytes::from(parts.concat()),
+        };
+        self.rt
+            .block_on(self.store.put(&key, body))
+            .map_err(|e| failed(format!("writing {key}"), e))
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> Result<()> {
+        let key = self.key(tpe, id);
+        self.rt
+            .block_on(self.store.delete(&key))
+            .map_err(|e| failed(format!("removing {key}"), e))
+    }
+}

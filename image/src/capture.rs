@@ -1,0 +1,305 @@
+//! Capture: filesystem trees into an image, one snapshot each, then the manifest.
+//!
+//! This module reads trees that are ready to be read — a mount point, or the mount of
+//! an LVM or btrfs snapshot standing in for it. Taking and releasing those snapshots
+//! is the agent's part; it says how consistent each tree is.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow};
+use ferry_model::image::{
+    Consistency, FsImage, MANIFEST_PATH, MANIFEST_VERSION, Manifest, RootMeta, check_image_name,
+};
+use ferry_model::survey::Survey;
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::{
+    BackupOptions, Excludes, IndexedIds, LocalSource, ReadSource, ReadSourceEntry, Repository,
+    RusticResult, SnapshotOptions, TimeOption,
+};
+
+use crate::library::{Library, TAG_CAPTURE, TAG_IMAGE, TAG_MANIFEST, rustic};
+use crate::progress::{Bars, Meter};
+
+/// One tree to capture.
+#[derive(Debug, Clone)]
+pub struct FsSource {
+    /// Its mount point on the source (`/`, `/var`): the path it is recorded and
+    /// restored under.
+    pub path: String,
+    /// Where to read it now: the mount point itself, or a snapshot's mount.
+    pub read_from: PathBuf,
+    /// How consistent reading `read_from` is.
+    pub consistency: Consistency,
+    /// Filesystem type, e.g. `ext4`.
+    pub fstype: Option<String>,
+}
+
+/// What to capture and under which name.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureRequest {
+    /// Image name.
+    pub image: String,
+    /// The trees, in order.
+    pub filesystems: Vec<FsSource>,
+    /// Globs to leave out (`/var/cache/*`, `*.tmp`), relative to each tree's root
+    /// when they start with `/`.
+    pub excludes: Vec<String>,
+    /// The source's host name.
+    pub hostname: String,
+    /// The source's survey, kept in the manifest.
+    pub survey: Option<Survey>,
+    /// Warnings the caller already has (e.g. a snapshot that could not be taken).
+    pub warnings: Vec<String>,
+}
+
+/// Captures `req` into the library; returns the manifest written last.
+pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Result<Manifest> {
+    check_image_name(&req.image).map_err(|e| anyhow!(e))?;
+    if req.filesystems.is_empty() {
+        return Err(anyhow!("image {}: nothing to capture", req.image));
+    }
+    for fs in &req.filesystems {
+        if !fs.path.starts_with('/') {
+            return Err(anyhow!("{}: a filesystem path must be absolute", fs.path));
+        }
+        let meta = std::fs::metadata(&fs.read_from)
+            .with_context(|| format!("{}: cannot read it", fs.read_from.display()))?;
+        if !meta.is_dir() {
+            return Err(anyhow!("{}: not a directory", fs.read_from.display()));
+        }
+    }
+    let repo = lib
+        .open_with(Bars(meter.clone()))?
+        .to_indexed_ids()
+        .map_err(rustic("reading the library's index"))?;
+    let capture = uuid::Uuid::now_v7().simple().to_string();
+    let started = now();
+    let mut manifest = Manifest {
+        version: MANIFEST_VERSION,
+        image: req.image.clone(),
+        capture: capture.clone(),
+        hostname: req.hostname.clone(),
+        started,
+        finished: String::new(),
+        excludes: req.excludes.clone(),
+        filesystems: Vec::new(),
+        warnings: req.warnings.clone(),
+        survey: None,
+    };
+    let parents = previous_snapshots(lib, &repo, &req.image)?;
+    for fs in &req.filesystems {
+        if fs.consistency == Consistency::Live {
+            manifest.warnings.push(format!(
+                "{} was captured live, without a snapshot or freeze: files written during the capture may be inconsistent",
+                fs.path
+            ));
+        }
+        meter.phase(&format!("capture {}", fs.path), None);
+        let parent = parents
+            .iter()
+            .find(|(p, _)| *p == fs.path)
+            .map(|(_, id)| id.clone());
+        let (snap, files) = capture_tree(&repo, req, &capture, fs, parent, meter)?;
+        meter.finish();
+        let summary = snap.summary.clone().unwrap_or_default();
+        manifest.filesystems.push(FsImage {
+            path: fs.path.clone(),
+            snapshot: snap.id.to_string(),
+            fstype: fs.fstype.clone(),
+            consistency: fs.consistency,
+            files: files.max(summary.total_files_processed + summary.total_dirs_processed),
+            bytes: summary.total_bytes_processed,
+            added_bytes: summary.data_added,
+            root: root_meta(&fs.read_from)?,
+        });
+    }
+    manifest.finished = now();
+    write_manifest(&repo, req, &manifest)?;
+    Ok(manifest)
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The snapshot of each path in the image's latest capture, to use as parents.
+fn previous_snapshots<S: rustic_core::Open>(
+    lib: &Library,
+    repo: &Repository<S>,
+    image: &str,
+) -> Result<Vec<(String, String)>> {
+    let Some(last) = Library::manifest_snapshots(repo, Some(image))?.pop() else {
+        return Ok(Vec::new());
+    };
+    let _ = lib;
+    Ok(Library::summary_of(&last)?
+        .filesystems
+        .into_iter()
+        .map(|f| (f.path, f.snapshot))
+        .collect())
+}
+
+fn tags(req: &CaptureRequest, capture: &str) -> String {
+    format!("ferry,{TAG_IMAGE}{},{TAG_CAPTURE}{capture}", req.image)
+}
+
+fn capture_tree<S: IndexedIds>(
+    repo: &Repository<S>,
+    req: &CaptureRequest,
+    capture: &str,
+    fs: &FsSource,
+    parent: Option<String>,
+    meter: &Arc<Meter>,
+) -> Result<(SnapshotFile, u64)> {
+    let what = format!("capture of {}", fs.path);
+    let snap = SnapshotOptions::default()
+        .host(req.hostname.clone())
+        .add_tags(&tags(req, capture))
+        .map_err(rustic(&what))?
+        .to_snapshot()
+        .map_err(rustic(&what))?;
+    let mut excludes = Excludes::default();
+    excludes.globs = req.excludes.iter().map(|g| format!("!{g}")).collect();
+    let mut opts = BackupOptions::default();
+    opts.as_path = Some(PathBuf::from(&fs.path));
+    opts.parent_opts.parents = parent.into_iter().collect();
+    opts.ignore_save_opts.set_atime = Some(TimeOption::Yes);
+    opts.ignore_filter_opts.one_file_system = true;
+    opts.excludes = excludes.clone();
+    let src = LocalSource::new(
+        opts.ignore_save_opts,
+        &excludes,
+        &opts.ignore_filter_opts,
+        &[&fs.read_from],
+    )
+    .map_err(rustic(&what))?;
+    let counted = Counted {
+        inner: src,
+        files: Arc::new(AtomicU64::new(0)),
+        meter: meter.clone(),
+    };
+    let files = counted.files.clone();
+    let snap = repo
+        .archive(&opts, &counted, snap, std::slice::from_ref(&fs.read_from))
+        .map_err(rustic(&what))?;
+    Ok((snap, files.load(Ordering::Relaxed)))
+}
+
+/// A source that counts the entries the archiver takes from it.
+struct Counted<R> {
+    inner: R,
+    files: Arc<AtomicU64>,
+    meter: Arc<Meter>,
+}
+
+struct CountedIter<I> {
+    inner: I,
+    files: Arc<AtomicU64>,
+    meter: Arc<Meter>,
+}
+
+impl<I: Iterator> Iterator for CountedIter<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.files.fetch_add(1, Ordering::Relaxed);
+        self.meter.add_file();
+        Some(item)
+    }
+}
+
+impl<R: ReadSource> ReadSource for Counted<R>
+where
+    R::Iter: Iterator<Item = RusticResult<ReadSourceEntry<R::Open>>>,
+{
+    type Open = R::Open;
+    type Iter = CountedIter<R::Iter>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        self.inner.size()
+    }
+
+    fn entries(&self) -> Self::Iter {
+        CountedIter {
+            inner: self.inner.entries(),
+            files: self.files.clone(),
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+/// The root directory's own owner, mode, times and xattrs.
+pub fn root_meta(dir: &Path) -> Result<RootMeta> {
+    let m = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("{}: cannot read its metadata", dir.display()))?;
+    let mut xattrs = Vec::new();
+    for name in xattr::list(dir).with_context(|| format!("{}: listing xattrs", dir.display()))? {
+        let value = xattr::get(dir, &name)
+            .with_context(|| format!("{}: reading xattr {name:?}", dir.display()))?;
+        xattrs.push((
+            name.to_string_lossy().to_string(),
+            hex::encode(value.unwrap_or_default()),
+        ));
+    }
+    Ok(RootMeta {
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        atime_ns: i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec()),
+        xattrs,
+    })
+}
+
+/// Writes the manifest as the capture's last snapshot: the full manifest as
+/// `/.ferry/manifest.json`, and without the survey in the snapshot's description so
+/// listing images reads no data.
+fn write_manifest<S: IndexedIds>(
+    repo: &Repository<S>,
+    req: &CaptureRequest,
+    manifest: &Manifest,
+) -> Result<()> {
+    let what = "writing the manifest";
+    let dir = tempfile_dir()?;
+    let file = dir.join("manifest.json");
+    let mut full = manifest.clone();
+    full.survey = req.survey.clone().map(Box::new);
+    std::fs::write(&file, serde_json::to_vec_pretty(&full)?)
+        .with_context(|| format!("{}: cannot write", file.display()))?;
+    let result = (|| {
+        let mut snap = SnapshotOptions::default()
+            .host(req.hostname.clone())
+            .add_tags(&format!("{},{TAG_MANIFEST}", tags(req, &manifest.capture)))
+            .map_err(rustic(what))?
+            .to_snapshot()
+            .map_err(rustic(what))?;
+        snap.description = Some(serde_json::to_string(manifest)?);
+        let mut opts = BackupOptions::default();
+        opts.as_path = Some(PathBuf::from(MANIFEST_PATH));
+        opts.parent_opts.force = true;
+        let src = LocalSource::new(
+            opts.ignore_save_opts,
+            &opts.excludes,
+            &opts.ignore_filter_opts,
+            &[&file],
+        )
+        .map_err(rustic(what))?;
+        repo.archive(&opts, &src, snap, std::slice::from_ref(&file))
+            .map_err(rustic(what))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir =
+        std::env::temp_dir().join(format!("ferry-manifest-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,24 @@
+//! Ferry's image library.
+//!
+//! A library is a restic-format repository (format 2: compressed, encrypted,
+//! authenticated, deduplicated) in a folder, on S3 or on WebDAV, read and written
+//! through Ferry's own stores ([`backend`]) with `rustic_core`, so any restic or
+//! rustic client can list, check and restore from it. An image is one manifest per
+//! capture plus one snapshot per captured filesystem ([`ferry_model::image`]).
+//!
+//! - [`library`]: where a library is, opening and creating it, listing images.
+//! - [`capture`]: trees into snapshots, then the manifest.
+//! - [`restore`]: a snapshot back into a directory with full metadata, every
+//!   failure counted.
+//! - [`progress`]: bytes, files, rate and ETA for terminals and status files.
+
+pub mod backend;
+pub mod capture;
+pub mod library;
+pub mod progress;
+pub mod restore;
+
+pub use capture::{CaptureRequest, FsSource, capture};
+pub use library::{ImageSummary, Library, Location};
+pub use progress::{Meter, Report};
+pub use restore::{RestoreReport, RestoreRequest, restore};

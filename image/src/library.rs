@@ -1,0 +1,386 @@
+//! A library: where it is, how to open it, and what images it holds.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ferry_mailbox::store::{self, Store, StoreConfig};
+use ferry_model::image::{MANIFEST_PATH, Manifest, check_image_name};
+use rustic_core::{
+    ConfigOptions, Credentials, KeyOptions, NoProgressBars, Open, OpenStatus, ProgressBars,
+    Repository, RepositoryBackends, RepositoryOptions, RusticError, repofile::SnapshotFile,
+};
+
+use crate::backend::StoreBackend;
+
+/// Tag prefix naming the image a snapshot belongs to.
+pub const TAG_IMAGE: &str = "ferry-image=";
+/// Tag prefix naming the capture a snapshot belongs to.
+pub const TAG_CAPTURE: &str = "ferry-capture=";
+/// Tag of the snapshot that holds a capture's manifest.
+pub const TAG_MANIFEST: &str = "ferry-manifest";
+
+/// Where a library is: a store and a folder in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The store.
+    pub store: StoreConfig,
+    /// The library's folder in the store: empty or ending in `/`.
+    pub prefix: String,
+}
+
+impl Location {
+    /// Reads a location: a folder (`/srv/library`, `file:///srv/library`),
+    /// `s3://HOST:PORT/BUCKET[/FOLDER]` (HTTPS; `s3+http://` for plain HTTP) or
+    /// `webdav://HOST:PORT/PATH` (HTTPS; `dav+http://` for plain HTTP). The
+    /// credential and CA come from the environment: `FERRY_LIBRARY_ACCESS_KEY`,
+    /// `FERRY_LIBRARY_SECRET_KEY`, `FERRY_LIBRARY_CA` (a PEM file).
+    pub fn parse(text: &str) -> Result<Location> {
+        let mut loc = Location::parse_url(text)?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        loc.store.access_key = env("FERRY_LIBRARY_ACCESS_KEY");
+        loc.store.secret_key = env("FERRY_LIBRARY_SECRET_KEY");
+        if let Some(ca) = env("FERRY_LIBRARY_CA") {
+            loc.store.ca_pem = Some(
+                std::fs::read_to_string(&ca)
+                    .with_context(|| format!("FERRY_LIBRARY_CA {ca}: cannot read the CA file"))?,
+            );
+        }
+        Ok(loc)
+    }
+
+    /// Reads a location without looking at the environment.
+    pub fn parse_url(text: &str) -> Result<Location> {
+        let store = |url: String| StoreConfig {
+            url,
+            ..Default::default()
+        };
+        if let Some(path) = text
+            .strip_prefix("file://")
+            .or(text.starts_with('/').then_some(text))
+        {
+            return Ok(Location {
+                store: store(format!("file://{}", path.trim_end_matches('/'))),
+                prefix: String::new(),
+            });
+        }
+        const SCHEMES: [(&str, &str); 6] = [
+            ("s3://", "s3+https://"),
+            ("s3+https://", "s3+https://"),
+            ("s3+http://", "s3+http://"),
+            ("webdav://", "dav+https://"),
+            ("dav+https://", "dav+https://"),
+            ("dav+http://", "dav+http://"),
+        ];
+        let Some((scheme, rest)) = SCHEMES
+            .iter()
+            .find_map(|(given, scheme)| Some((*scheme, text.strip_prefix(given)?)))
+        else {
+            bail!(
+                "library {text:?}: use a folder (/srv/library), s3://HOST:PORT/BUCKET[/FOLDER] or webdav://HOST:PORT/PATH"
+            )
+        };
+        let rest = rest.trim_end_matches('/');
+        if scheme.starts_with("dav") {
+            if rest.is_empty() || rest.starts_with('/') {
+                bail!("library {text:?}: a WebDAV location is webdav://HOST:PORT/PATH");
+            }
+            return Ok(Location {
+                store: store(format!("{scheme}{rest}/")),
+                prefix: String::new(),
+            });
+        }
+        let mut parts = rest.splitn(3, '/');
+        let (host, bucket) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if host.is_empty() || bucket.is_empty() {
+            bail!("library {text:?}: an S3 location is s3://HOST:PORT/BUCKET[/FOLDER]");
+        }
+        Ok(Location {
+            store: store(format!("{scheme}{host}/{bucket}")),
+            prefix: parts.next().map(|p| format!("{p}/")).unwrap_or_default(),
+        })
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.store.url.trim_end_matches('/'))?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix.trim_end_matches('/'))?;
+        }
+        Ok(())
+    }
+}
+
+/// One image in a library: its latest capture and how many there are.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSummary {
+    /// Image name.
+    pub name: String,
+    /// Captures (recovery points), oldest first: (capture id, finished time).
+    pub captures: Vec<(String, String)>,
+    /// The latest capture's manifest (without the survey).
+    pub latest: Manifest,
+}
+
+/// An open connection to a library. Its calls block; make them from a blocking
+/// thread, never from inside an async runtime.
+pub struct Library {
+    location: Location,
+    password: String,
+    store: Arc<dyn Store>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The first lines of a rustic error: its message and cause, without the banner.
+pub fn brief(e: &RusticError) -> String {
+    let text = e.to_string();
+    let section = |title: &str| -> Option<String> {
+        let start = text.find(title)? + title.len();
+        let body = text[start..].trim_start_matches('\n');
+        let end = body.find("\n\n").unwrap_or(body.len());
+        Some(body[..end].trim().replace('\n', " "))
+    };
+    let message = section("Message:").unwrap_or_else(|| text.lines().next().unwrap_or("").into());
+    match section("Caused by:") {
+        Some(cause) => format!("{message}: {cause}"),
+        None => message,
+    }
+}
+
+/// Turns a rustic error into an error that says what was being done.
+pub(crate) fn rustic(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(Box<RusticError>) -> anyhow::Error {
+    move |e| anyhow!("{what}: {}", brief(&e))
+}
+
+impl Library {
+    /// Connects to the library at `location` with its password. Nothing is read yet.
+    pub fn connect(location: &Location, password: &str) -> Result<Library> {
+        if password.is_empty() {
+            bail!("library {location}: the password is empty");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ferry-library")
+            .enable_all()
+            .build()
+            .context("starting the library's I/O threads")?;
+        let store = {
+            let _guard = rt.enter();
+            store::open(&location.store)?
+        };
+        Ok(Library {
+            location: location.clone(),
+            password: password.to_string(),
+            store,
+            rt: Some(rt),
+        })
+    }
+
+    /// The library's location.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.rt {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime lives as long as the library"),
+        }
+    }
+
+    fn backends(&self) -> RepositoryBackends {
+        let be = StoreBackend::new(self.store.clone(), &self.location.prefix, self.handle());
+        RepositoryBackends::new(Arc::new(be), None)
+    }
+
+    fn options() -> RepositoryOptions {
+        let mut opts = RepositoryOptions::default();
+        opts.no_cache = true;
+        opts
+    }
+
+    /// Whether a library exists at the location (its `config` file is there).
+    pub fn exists(&self) -> Result<bool> {
+        let key = format!("{}config", self.location.prefix);
+        let listing = self
+            .handle()
+            .block_on(self.store.list(&self.location.prefix))
+            .with_context(|| format!("library {}", self.location))?;
+        Ok(listing
+            .objects
+            .iter()
+            .any(|o| format!("{}{o}", self.location.prefix) == key))
+    }
+
+    /// Creates the library (restic repository format 2, compressed). Refuses when one
+    /// is there already.
+    pub fn init(&self) -> Result<()> {
+        if self.exists()? {
+            bail!("library {}: one exists there already", self.location);
+        }
+        let _ = Repository::new(&Self::options(), &self.backends())
+            .map_err(rustic(format!("library {}", self.location)))?
+            .init(
+                &Credentials::password(&self.password),
+                &KeyOptions::default(),
+                &ConfigOptions::default(),
+            )
+            .map_err(rustic(format!("library {}: creating it", self.location)))?;
+        Ok(())
+    }
+
+    /// Opens the repository, reporting progress to `pb`.
+    pub(crate) fn open_with<P: ProgressBars>(&self, pb: P) -> Result<Repository<OpenStatus>> {
+        if !self.exists()? {
+            bail!(
+                "library {}: there is no library there; check the location, or create one (capture --init)",
+                self.location
+            );
+        }
+        Repository::new_with_progress(&Self::options(), &self.backends(), pb)
+            .map_err(rustic(format!("library {}", self.location)))?
+            .open(&Credentials::password(&self.password))
+            .map_err(|e| {
+                if e.is_incorrect_password() {
+                    anyhow!(
+                        "library {}: the password does not open it; check the password file",
+                        self.location
+                    )
+                } else {
+                    rustic(format!("library {}", self.location))(e)
+                }
+            })
+    }
+
+    /// Opens the repository without progress reports.
+    pub fn open(&self) -> Result<Repository<OpenStatus>> {
+        self.open_with(NoProgressBars)
+    }
+
+    /// The manifest snapshots of `image` (every image when `None`), oldest first.
+    pub(crate) fn manifest_snapshots<S: Open>(
+        repo: &Repository<S>,
+        image: Option<&str>,
+    ) -> Result<Vec<SnapshotFile>> {
+        let mut snaps: Vec<SnapshotFile> = repo
+            .get_all_snapshots()
+            .map_err(rustic("reading the library's snapshots"))?
+            .into_iter()
+            .filter(|s| s.tags.contains(TAG_MANIFEST))
+            .filter(|s| image.is_none_or(|i| s.tags.contains(&format!("{TAG_IMAGE}{i}"))))
+            .collect();
+        snaps.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(snaps)
+    }
+
+    /// The manifest (without survey) a manifest snapshot carries in its description.
+    pub(crate) fn summary_of(snap: &SnapshotFile) -> Result<Manifest> {
+        let text = snap.description.as_deref().unwrap_or("");
+        serde_json::from_str(text)
+            .with_context(|| format!("snapshot {}: its manifest summary does not parse", snap.id))
+    }
+
+    /// Every complete image, by name.
+    pub fn images(&self) -> Result<Vec<ImageSummary>> {
+        let repo = self.open()?;
+        let mut out: Vec<ImageSummary> = Vec::new();
+        for snap in Self::manifest_snapshots(&repo, None)? {
+            let m = Self::summary_of(&snap)?;
+            let point = (m.capture.clone(), m.finished.clone());
+            match out.iter_mut().find(|i| i.name == m.image) {
+                Some(i) => {
+                    i.captures.push(point);
+                    i.latest = m;
+                }
+                None => out.push(ImageSummary {
+                    name: m.image.clone(),
+                    captures: vec![point],
+                    latest: m,
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The full manifest of `image`'s latest capture, or of capture `at`.
+    pub fn manifest(&self, image: &str, at: Option<&str>) -> Result<Manifest> {
+        let repo = self
+            .open()?
+            .to_indexed()
+            .map_err(rustic("reading the library's index"))?;
+        let snap = self.manifest_snapshot(&repo, image, at)?;
+        let node = repo
+            .node_from_snapshot_and_path(&snap, MANIFEST_PATH)
+            .map_err(rustic(format!("image {image}: its manifest")))?;
+        let mut bytes = Vec::new();
+        repo.dump(&node, &mut bytes)
+            .map_err(rustic(format!("image {image}: reading its manifest")))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("image {image}: its manifest does not parse"))
+    }
+
+    /// The manifest snapshot of `image` (latest, or capture `at`).
+    pub(crate) fn manifest_snapshot<S: Open>(
+        &self,
+        repo: &Repository<S>,
+        image: &str,
+        at: Option<&str>,
+    ) -> Result<SnapshotFile> {
+        check_image_name(image).map_err(|e| anyhow!(e))?;
+        let snaps = Self::manifest_snapshots(repo, Some(image))?;
+        let found = match at {
+            None => snaps.into_iter().next_back(),
+            Some(at) => snaps
+                .into_iter()
+                .find(|s| s.tags.contains(&format!("{TAG_CAPTURE}{at}"))),
+        };
+        found.ok_or_else(|| match at {
+            None => anyhow!(
+                "image {image}: not in library {}; `ferry images` lists what is there",
+                self.location
+            ),
+            Some(at) => anyhow!("image {image}: has no capture {at}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let l = Location::parse_url("/srv/lib/").unwrap();
+        assert_eq!(
+            (l.store.url.as_str(), l.prefix.as_str()),
+            ("file:///srv/lib", "")
+        );
+        let l = Location::parse_url("s3://127.0.0.1:9000/bucket/images/ferry").unwrap();
+        assert_eq!(
+            (l.store.url.as_str(), l.prefix.as_str()),
+            ("s3+https://127.0.0.1:9000/bucket", "images/ferry/")
+        );
+        let l = Location::parse_url("s3+http://h:1/b").unwrap();
+        assert_eq!(
+            (l.store.url.as_str(), l.prefix.as_str()),
+            ("s3+http://h:1/b", "")
+        );
+        let l = Location::parse_url("webdav://h:8443/dav/lib").unwrap();
+        assert_eq!(l.store.url, "dav+https://h:8443/dav/lib/");
+        assert_eq!(l.to_string(), "dav+https://h:8443/dav/lib");
+        for bad in ["s3://host", "webdav:///x", "ftp://x", "relative/dir"] {
+            assert!(Location::parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
