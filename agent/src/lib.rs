@@ -1,7 +1,9 @@
 //! The Ferry agent: identity, survey, and the loop that heartbeats and runs signed commands.
 
+pub mod capture;
 pub mod config;
 pub mod identity;
+pub mod library;
 pub mod ramdisk;
 pub mod runner;
 pub mod state;

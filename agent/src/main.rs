@@ -34,10 +34,84 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Capture filesystems of this machine into an image in a library. Each PATH is
+    /// read from an LVM or btrfs snapshot where one can be taken.
+    Capture {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Image name.
+        #[arg(long)]
+        image: String,
+        /// Leave out paths matching this glob (repeatable).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Read the filesystems live, without snapshots.
+        #[arg(long)]
+        live: bool,
+        /// Create the library if there is none.
+        #[arg(long)]
+        init: bool,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Mount points to capture.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Restore one filesystem of an image into a directory, with full metadata.
+    Restore {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Image name.
+        #[arg(long)]
+        image: String,
+        /// A capture id of the image; the latest when absent.
+        #[arg(long)]
+        at: Option<String>,
+        /// The filesystem's path in the image, e.g. `/` or `/var`.
+        #[arg(long)]
+        fs: String,
+        /// The directory to restore into (normally an empty, freshly made filesystem).
+        #[arg(long)]
+        to: PathBuf,
+        /// Restore over what is in the directory already.
+        #[arg(long)]
+        overwrite: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the images in a library.
+    Images {
+        #[command(flatten)]
+        library: LibraryArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// In the Ferry ramdisk: load drivers, bring up the network, run the agent loop.
     /// Started by init (the agent as PID 1); not for use by hand.
     #[command(hide = true)]
     RamdiskAgent,
+}
+
+/// Where the image library is and its password.
+#[derive(clap::Args)]
+struct LibraryArgs {
+    /// A folder, s3://HOST:PORT/BUCKET[/FOLDER] or webdav://HOST:PORT/PATH; the store
+    /// credential and CA come from FERRY_LIBRARY_ACCESS_KEY, FERRY_LIBRARY_SECRET_KEY
+    /// and FERRY_LIBRARY_CA.
+    #[arg(long)]
+    library: String,
+    /// File holding the library's password.
+    #[arg(long)]
+    password_file: PathBuf,
+}
+
+impl LibraryArgs {
+    fn connect(&self) -> anyhow::Result<ferry_image::Library> {
+        ferry_agent::library::connect(&self.library, &self.password_file)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,7 +122,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_ansi(!console)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rustic_core=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -57,6 +132,38 @@ fn main() -> std::process::ExitCode {
         Cmd::Run { config } => run(config),
         Cmd::Id { config } => id(config),
         Cmd::Survey { json } => survey(json),
+        Cmd::Capture {
+            library,
+            image,
+            exclude,
+            live,
+            init,
+            json,
+            paths,
+        } => library.connect().and_then(|lib| {
+            ferry_agent::library::capture(&lib, &image, &paths, &exclude, live, init, json)
+        }),
+        Cmd::Restore {
+            library,
+            image,
+            at,
+            fs,
+            to,
+            overwrite,
+            json,
+        } => library.connect().and_then(|lib| {
+            let req = ferry_image::RestoreRequest {
+                image,
+                at,
+                fs,
+                target: to,
+                overwrite,
+            };
+            ferry_agent::library::restore(&lib, &req, json)
+        }),
+        Cmd::Images { library, json } => library
+            .connect()
+            .and_then(|lib| ferry_agent::library::images(&lib, json)),
         Cmd::RamdiskAgent => {
             return std::process::ExitCode::from(ferry_agent::ramdisk::agent_main() as u8);
         }

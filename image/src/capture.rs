@@ -107,7 +107,7 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
         let summary = snap.summary.clone().unwrap_or_default();
         manifest.filesystems.push(FsImage {
             path: fs.path.clone(),
-            snapshot: snap.id.to_string(),
+            snapshot: snap.id.to_hex().as_str().to_string(),
             fstype: fs.fstype.clone(),
             consistency: fs.consistency,
             files: files.max(summary.total_files_processed + summary.total_dirs_processed),

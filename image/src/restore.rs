@@ -350,10 +350,14 @@ fn write_file(
         let data = repo.get_blob_cached(&blob, BlobType::Data).map_err(|e| {
             let pack = repo
                 .get_index_entry(id)
-                .map(|entry| format!(" in pack {}", entry.pack))
+                .map(|entry| format!(" in pack {}", entry.pack.to_hex().as_str()))
                 .unwrap_or_default();
             WriteError {
-                message: format!("content blob {blob}{pack}: {}", crate::library::brief(&e)),
+                message: format!(
+                    "content blob {}{pack}: {}",
+                    blob.to_hex().as_str(),
+                    crate::library::brief(&e)
+                ),
                 full: false,
             }
         })?;
@@ -449,6 +453,11 @@ fn set_metadata(path: &Path, node: &Node, report: &mut RestoreReport) {
         }
     }
     for x in &m.extended_attributes {
+        // XFS shows its ACLs a second time under these names; the system.posix_acl_*
+        // attributes carry them to any filesystem.
+        if x.name.starts_with("trusted.SGI_ACL_") {
+            continue;
+        }
         let value = x.value.as_deref().unwrap_or_default();
         if let Err(e) = xattr::set(path, OsStr::new(&x.name), value) {
             failed.push(format!("xattr {}: {e}", x.name));

@@ -46,6 +46,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("debootstrap", "/usr/sbin/debootstrap"),
     // The anchor of `cargo xtask bench survey`.
     ("lshw", "/usr/bin/lshw"),
+    // Image fidelity checks and the library's interoperability with stock restic.
+    ("attr", "/usr/bin/getfattr"),
+    ("acl", "/usr/bin/getfacl"),
+    ("libcap2-bin", "/usr/sbin/getcap"),
+    ("restic", "/usr/bin/restic"),
 ];
 
 /// Installed after the rest: installing qemu-system-x86 can remove a newer qemu-utils.

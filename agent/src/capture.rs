@@ -1,0 +1,401 @@
+//! Live capture: which filesystems to read, from which consistent view, and the
+//! release of every snapshot taken, also on failure.
+//!
+//! For each path: when it is a mount point on an LVM logical volume whose volume
+//! group has room, an LVM snapshot is taken and mounted read-only under
+//! `/run/ferry/snap`; on btrfs, a read-only btrfs snapshot; otherwise the mount is
+//! read live and the manifest says so. Kernel and network filesystems are refused.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use ferry_image::FsSource;
+use ferry_model::image::Consistency;
+
+use crate::survey::Host;
+use crate::survey::storage::{Mount, mountinfo};
+
+/// Filesystem types never captured: kernel views, memory and network filesystems.
+const NOT_CAPTURED: [&str; 22] = [
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "tmpfs",
+    "ramfs",
+    "cgroup",
+    "cgroup2",
+    "pstore",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "configfs",
+    "bpf",
+    "mqueue",
+    "hugetlbfs",
+    "autofs",
+    "efivarfs",
+    "fusectl",
+    "nfs",
+    "nfs4",
+    "cifs",
+];
+
+/// Where snapshots are mounted while they are read.
+pub const SNAP_DIR: &str = "/run/ferry/snap";
+/// Name prefix of the LVM snapshots Ferry makes.
+pub const SNAP_PREFIX: &str = "ferry-snap-";
+
+/// Whether a filesystem type holds data worth capturing.
+pub fn capturable(fstype: &str) -> bool {
+    !NOT_CAPTURED.contains(&fstype)
+        && !fstype.starts_with("fuse")
+        && !fstype.starts_with("nfs")
+        && fstype != "overlay"
+        && fstype != "squashfs"
+        && fstype != "iso9660"
+}
+
+/// A snapshot to undo: unmount, then remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Taken {
+    Lvm { mount: PathBuf, lv: String },
+    Btrfs { subvolume: PathBuf },
+}
+
+/// The trees to read, and the snapshots behind them. Dropping it releases them.
+pub struct Plan<'h> {
+    /// What to capture.
+    pub sources: Vec<FsSource>,
+    /// Why some filesystems are read live.
+    pub warnings: Vec<String>,
+    taken: Vec<Taken>,
+    host: &'h Host,
+}
+
+impl Drop for Plan<'_> {
+    fn drop(&mut self) {
+        for t in self.taken.drain(..).rev() {
+            release(self.host, &t);
+        }
+    }
+}
+
+fn release(host: &Host, t: &Taken) {
+    match t {
+        Taken::Lvm { mount, lv } => {
+            let m = mount.to_string_lossy();
+            if host.tool("umount", &[&m]).is_err() {
+                let _ = host.tool("umount", &["-l", &m]);
+            }
+            let _ = std::fs::remove_dir(mount);
+            if let Err(e) = host.tool("lvremove", &["-f", lv]) {
+                tracing::error!("could not remove snapshot {lv}: {e}; remove it with lvremove");
+            }
+        }
+        Taken::Btrfs { subvolume } => {
+            let s = subvolume.to_string_lossy();
+            if let Err(e) = host.tool("btrfs", &["subvolume", "delete", &s]) {
+                tracing::error!("could not delete snapshot {s}: {e}");
+            }
+        }
+    }
+}
+
+/// The mount whose point is `path`, or that holds it.
+fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.len())
+}
+
+/// An LVM logical volume: `VG/LV`, its size and its group's free bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lv {
+    name: String,
+    size: u64,
+    vg_free: u64,
+}
+
+fn lv_of(host: &Host, dev: &str) -> Option<Lv> {
+    let uuid = std::fs::read_to_string(host.path(&format!("/sys/dev/block/{dev}/dm/uuid"))).ok()?;
+    if !uuid.starts_with("LVM-") {
+        return None;
+    }
+    let (major, minor) = dev.split_once(':')?;
+    let out = host
+        .tool(
+            "lvs",
+            &[
+                "--reportformat",
+                "json",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                "vg_name,lv_name,lv_size,vg_free,lv_kernel_major,lv_kernel_minor",
+            ],
+        )
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let num = |x: &serde_json::Value| x.as_str().and_then(|s| s.trim().parse::<u64>().ok());
+    v["report"][0]["lv"].as_array()?.iter().find_map(|lv| {
+        (lv["lv_kernel_major"].as_str()? == major && lv["lv_kernel_minor"].as_str()? == minor)
+            .then(|| {
+                Some(Lv {
+                    name: format!("{}/{}", lv["vg_name"].as_str()?, lv["lv_name"].as_str()?),
+                    size: num(&lv["lv_size"])?,
+                    vg_free: num(&lv["vg_free"])?,
+                })
+            })
+            .flatten()
+    })
+}
+
+/// Copy-on-write room for a snapshot: a tenth of the volume, at least 64 MiB, at
+/// most what the group has free.
+fn snapshot_size(lv: &Lv) -> Option<u64> {
+    const MIN: u64 = 64 << 20;
+    let want = (lv.size / 10).max(MIN);
+    (lv.vg_free >= MIN).then_some(want.min(lv.vg_free) / 512 * 512)
+}
+
+/// Removes snapshots a killed capture left behind.
+pub fn clean_stale(host: &Host) {
+    let mounts = host
+        .read_raw("/proc/self/mountinfo")
+        .map(|t| mountinfo(&t))
+        .unwrap_or_default();
+    for m in mounts.iter().filter(|m| m.point.starts_with(SNAP_DIR)) {
+        let _ = host.tool("umount", &["-l", &m.point]);
+    }
+    if let Ok(out) = host.tool("lvs", &["--reportformat", "json", "-o", "vg_name,lv_name"]) {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        for lv in v["report"][0]["lv"].as_array().into_iter().flatten() {
+            let (Some(vg), Some(name)) = (lv["vg_name"].as_str(), lv["lv_name"].as_str()) else {
+                continue;
+            };
+            if name.starts_with(SNAP_PREFIX) {
+                let _ = host.tool("lvremove", &["-f", &format!("{vg}/{name}")]);
+            }
+        }
+    }
+}
+
+/// Plans the capture of `paths` (mount points or directories) on `host`, taking the
+/// snapshots it needs. `live` skips snapshots.
+pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h>> {
+    let mounts = mountinfo(
+        &host
+            .read_raw("/proc/self/mountinfo")
+            .map_err(|e| anyhow!("/proc/self/mountinfo: {e}"))?,
+    );
+    let mut plan = Plan {
+        sources: Vec::new(),
+        warnings: Vec::new(),
+        taken: Vec::new(),
+        host,
+    };
+    if !live {
+        clean_stale(host);
+    }
+    for (n, path) in paths.iter().enumerate() {
+        let shown = path.display().to_string();
+        if !path.is_absolute() {
+            bail!("{shown}: give an absolute path");
+        }
+        let Some(mount) = mount_of(&mounts, path) else {
+            bail!("{shown}: not on any mounted filesystem");
+        };
+        if !capturable(&mount.fstype) {
+            bail!(
+                "{shown}: is on a {} filesystem, which is never captured (kernel, memory or network)",
+                mount.fstype
+            );
+        }
+        let mut source = FsSource {
+            path: shown.clone(),
+            read_from: path.clone(),
+            consistency: Consistency::Live,
+            fstype: Some(mount.fstype.clone()),
+        };
+        let is_mount_point = Path::new(&mount.point) == path.as_path();
+        if live {
+            plan.sources.push(source);
+            continue;
+        }
+        if !is_mount_point {
+            plan.warnings.push(format!(
+                "{shown} is a directory of {}, not a mount point: read live",
+                mount.point
+            ));
+        } else if let Some(lv) = lv_of(host, &mount.dev) {
+            match snapshot_size(&lv) {
+                Some(size) => {
+                    let taken = lvm_snapshot(host, &lv, size, n, &mount.fstype)?;
+                    if let Taken::Lvm { mount, .. } = &taken {
+                        source.read_from = mount.clone();
+                    }
+                    plan.taken.push(taken);
+                    source.consistency = Consistency::LvmSnapshot;
+                }
+                None => plan.warnings.push(format!(
+                    "{shown}: volume group of {} has no room for a snapshot (64 MiB needed): read live",
+                    lv.name
+                )),
+            }
+        } else if mount.fstype == "btrfs" {
+            let snap = path.join(format!(".{SNAP_PREFIX}{}", std::process::id()));
+            let s = snap.to_string_lossy().to_string();
+            match host.tool("btrfs", &["subvolume", "snapshot", "-r", &shown, &s]) {
+                Ok(_) => {
+                    plan.taken.push(Taken::Btrfs {
+                        subvolume: snap.clone(),
+                    });
+                    source.read_from = snap;
+                    source.consistency = Consistency::BtrfsSnapshot;
+                }
+                Err(e) => plan
+                    .warnings
+                    .push(format!("{shown}: btrfs snapshot failed ({e}): read live")),
+            }
+        } else {
+            plan.warnings.push(format!(
+                "{shown}: {} on {} cannot be snapshotted: read live",
+                mount.fstype, mount.dev
+            ));
+        }
+        plan.sources.push(source);
+    }
+    Ok(plan)
+}
+
+fn lvm_snapshot(host: &Host, lv: &Lv, size: u64, n: usize, fstype: &str) -> Result<Taken> {
+    let (vg, _) = lv.name.split_once('/').unwrap_or((&lv.name, ""));
+    let name = format!("{SNAP_PREFIX}{}-{n}", std::process::id());
+    host.tool(
+        "lvcreate",
+        &["-s", "-n", &name, "-L", &format!("{size}b"), &lv.name],
+    )
+    .map_err(|e| anyhow!("snapshot of {}: {e}", lv.name))?;
+    let snap_lv = format!("{vg}/{name}");
+    let mount = PathBuf::from(SNAP_DIR).join(&name);
+    let undo = Taken::Lvm {
+        mount: mount.clone(),
+        lv: snap_lv.clone(),
+    };
+    let mounted = std::fs::create_dir_all(host.path(&mount.to_string_lossy()))
+        .map_err(|e| anyhow!("{}: {e}", mount.display()))
+        .and_then(|()| {
+            let opts = if fstype == "xfs" { "ro,nouuid" } else { "ro" };
+            host.tool(
+                "mount",
+                &[
+                    "-o",
+                    opts,
+                    &format!("/dev/{snap_lv}"),
+                    &mount.to_string_lossy(),
+                ],
+            )
+            .map_err(|e| anyhow!("mounting snapshot {snap_lv}: {e}"))
+        });
+    match mounted {
+        Ok(_) => Ok(undo),
+        Err(e) => {
+            release(host, &undo);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::survey::testing::put;
+    use std::sync::{Arc, Mutex};
+
+    const LVS: &str = r#"{"report":[{"lv":[{"vg_name":"vg0","lv_name":"root","lv_size":"4294967296","vg_free":"1073741824","lv_kernel_major":"254","lv_kernel_minor":"0"}]}]}"#;
+
+    /// A host whose root is a temp tree, recording every tool call.
+    fn fake(dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Host {
+        Host::new(
+            dir,
+            Box::new(move |name, args| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{name} {}", args.join(" ")));
+                Ok(if name == "lvs" {
+                    LVS.to_string()
+                } else {
+                    String::new()
+                })
+            }),
+        )
+    }
+
+    #[test]
+    fn root_on_lvm_is_read_from_a_snapshot_that_is_always_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(
+            r,
+            "/proc/self/mountinfo",
+            "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg0-root rw\n\
+             23 22 0:21 / /proc rw - proc proc rw\n\
+             24 22 8:1 / /boot rw - ext4 /dev/vda1 rw\n",
+        );
+        put(r, "/sys/dev/block/254:0/dm/uuid", "LVM-abc\n");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let host = fake(r, log.clone());
+        let pid = std::process::id();
+        {
+            let p = plan(&host, &[PathBuf::from("/"), PathBuf::from("/boot")], false).unwrap();
+            assert_eq!(p.sources[0].consistency, Consistency::LvmSnapshot);
+            assert_eq!(
+                p.sources[0].read_from,
+                PathBuf::from(format!("/run/ferry/snap/ferry-snap-{pid}-0"))
+            );
+            assert_eq!(p.sources[1].consistency, Consistency::Live);
+            assert!(p.warnings[0].contains("/boot: ext4 on 8:1 cannot be snapshotted"));
+        }
+        let got = log.lock().unwrap().clone();
+        let lvs_report = "lvs --reportformat json --units b --nosuffix -o vg_name,lv_name,lv_size,vg_free,lv_kernel_major,lv_kernel_minor";
+        assert_eq!(
+            got,
+            [
+                "lvs --reportformat json -o vg_name,lv_name".to_string(),
+                lvs_report.to_string(),
+                // A tenth of 4 GiB.
+                format!("lvcreate -s -n ferry-snap-{pid}-0 -L 429496320b vg0/root"),
+                format!(
+                    "mount -o ro /dev/vg0/ferry-snap-{pid}-0 /run/ferry/snap/ferry-snap-{pid}-0"
+                ),
+                format!("umount /run/ferry/snap/ferry-snap-{pid}-0"),
+                format!("lvremove -f vg0/ferry-snap-{pid}-0"),
+            ]
+        );
+        // Kernel filesystems are refused, with the reason.
+        let e = plan(&host, &[PathBuf::from("/proc")], true).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("proc filesystem, which is never captured"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_full_volume_group_means_a_live_read_with_a_warning() {
+        let lv = Lv {
+            name: "vg0/root".into(),
+            size: 10 << 30,
+            vg_free: 4 << 20,
+        };
+        assert_eq!(snapshot_size(&lv), None);
+        let roomy = Lv {
+            vg_free: 100 << 20,
+            ..lv
+        };
+        assert_eq!(snapshot_size(&roomy), Some(100 << 20));
+    }
+}
