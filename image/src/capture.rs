@@ -16,8 +16,8 @@ use ferry_model::image::{
 use ferry_model::survey::Survey;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, Excludes, IndexedIds, LocalSource, ReadSource, ReadSourceEntry, Repository,
-    RusticResult, SnapshotOptions, TimeOption,
+    BackupOptions, Excludes, IndexedIds, LocalSource, ReadSource, ReadSourceEntry,
+    RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
 };
 
 use crate::library::{Library, TAG_CAPTURE, TAG_IMAGE, TAG_MANIFEST, rustic};
@@ -71,8 +71,12 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
             return Err(anyhow!("{}: not a directory", fs.read_from.display()));
         }
     }
-    let repo = lib
-        .open_with(Bars(meter.clone()))?
+    let repo = lib.open_with(Bars(meter.clone()))?;
+    // Packs a killed capture uploaded but never indexed are taken into the index, so
+    // this capture uploads only what is missing.
+    repo.repair_index(&RepairIndexOptions::default(), false)
+        .map_err(rustic("taking unindexed packs into the index"))?;
+    let repo = repo
         .to_indexed_ids()
         .map_err(rustic("reading the library's index"))?;
     let capture = uuid::Uuid::now_v7().simple().to_string();

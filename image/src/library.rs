@@ -6,8 +6,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ferry_mailbox::store::{self, Store, StoreConfig};
 use ferry_model::image::{MANIFEST_PATH, Manifest, check_image_name};
 use rustic_core::{
-    ConfigOptions, Credentials, KeyOptions, NoProgressBars, Open, OpenStatus, ProgressBars,
-    Repository, RepositoryBackends, RepositoryOptions, RusticError, repofile::SnapshotFile,
+    CheckOptions, ConfigOptions, Credentials, KeyOptions, NoProgressBars, Open, OpenStatus,
+    ProgressBars, PruneOptions, Repository, RepositoryBackends, RepositoryOptions, RusticError,
+    repofile::SnapshotFile,
 };
 
 use crate::backend::StoreBackend;
@@ -122,6 +123,17 @@ pub struct ImageSummary {
     pub latest: Manifest,
 }
 
+/// What a check found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Snapshots whose trees were checked.
+    pub snapshots: usize,
+    /// Damage: missing or corrupt packs, trees or index entries, each named.
+    pub errors: Vec<String>,
+    /// Findings that do not lose data.
+    pub warnings: Vec<String>,
+}
+
 /// An open connection to a library. Its calls block; make them from a blocking
 /// thread, never from inside an async runtime.
 pub struct Library {
@@ -141,14 +153,27 @@ impl Drop for Library {
 
 /// The first lines of a rustic error: its message and cause, without the banner.
 pub fn brief(e: &RusticError) -> String {
-    let text = e.to_string();
+    brief_text(&e.to_string())
+}
+
+/// [`brief`] of an error's text; text without rustic's banner comes back whole, on
+/// one line.
+pub fn brief_text(text: &str) -> String {
+    if !text.contains("Message:") {
+        return text.trim().replace('\n', " ");
+    }
     let section = |title: &str| -> Option<String> {
         let start = text.find(title)? + title.len();
         let body = text[start..].trim_start_matches('\n');
         let end = body.find("\n\n").unwrap_or(body.len());
         Some(body[..end].trim().replace('\n', " "))
     };
-    let message = section("Message:").unwrap_or_else(|| text.lines().next().unwrap_or("").into());
+    let message = section("Message:").unwrap_or_default();
+    let before = text[..text.find("`rustic_core` experienced").unwrap_or(0)].trim();
+    let message = match before {
+        "" => message,
+        b => format!("{b} {message}"),
+    };
     match section("Caused by:") {
         Some(cause) => format!("{message}: {cause}"),
         None => message,
@@ -328,6 +353,72 @@ impl Library {
             .map_err(rustic(format!("image {image}: reading its manifest")))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("image {image}: its manifest does not parse"))
+    }
+
+    /// Checks the library's structure and, with `read_data`, reads back and verifies
+    /// every pack that `image`'s captures (all images when `None`) use.
+    pub fn check(&self, image: Option<&str>, read_data: bool) -> Result<CheckReport> {
+        let repo = self.open()?;
+        let snaps: Vec<SnapshotFile> = repo
+            .get_all_snapshots()
+            .map_err(rustic("reading the library's snapshots"))?
+            .into_iter()
+            .filter(|s| image.is_none_or(|i| s.tags.contains(&format!("{TAG_IMAGE}{i}"))))
+            .collect();
+        if let Some(i) = image
+            && snaps.is_empty()
+        {
+            bail!("image {i}: not in library {}", self.location);
+        }
+        let trees = snaps.iter().map(|s| s.tree).collect();
+        let results = repo
+            .check_with_trees(CheckOptions::default().read_data(read_data), trees)
+            .map_err(rustic(format!("checking library {}", self.location)))?;
+        let mut report = CheckReport {
+            snapshots: snaps.len(),
+            ..Default::default()
+        };
+        for (level, finding) in results.0 {
+            let text = brief_text(&finding.to_string());
+            if format!("{level:?}") == "Error" {
+                report.errors.push(text);
+            } else {
+                report.warnings.push(text);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes `image` (or only its capture `at`) and the data no other image uses.
+    pub fn remove(&self, image: &str, at: Option<&str>) -> Result<usize> {
+        check_image_name(image).map_err(|e| anyhow!(e))?;
+        let repo = self.open()?;
+        let tag = match at {
+            Some(at) => format!("{TAG_CAPTURE}{at}"),
+            None => format!("{TAG_IMAGE}{image}"),
+        };
+        let ids: Vec<_> = repo
+            .get_all_snapshots()
+            .map_err(rustic("reading the library's snapshots"))?
+            .into_iter()
+            .filter(|s| s.tags.contains(&format!("{TAG_IMAGE}{image}")) && s.tags.contains(&tag))
+            .map(|s| s.id)
+            .collect();
+        if ids.is_empty() {
+            bail!(
+                "image {image}: nothing to remove in library {}",
+                self.location
+            );
+        }
+        repo.delete_snapshots(&ids)
+            .map_err(rustic(format!("image {image}: removing its snapshots")))?;
+        let opts = PruneOptions::default();
+        let plan = repo
+            .prune_plan(&opts)
+            .map_err(rustic("planning the removal of unused data"))?;
+        repo.prune(&opts, plan)
+            .map_err(rustic("removing unused data"))?;
+        Ok(ids.len())
     }
 
     /// The manifest snapshot of `image` (latest, or capture `at`).

@@ -109,13 +109,10 @@ const FILES: &[(&str, u32, &str)] = &[
     ),
 ];
 
-/// The cached source disk (raw, 3 GiB sparse), built when missing.
-pub fn source_disk() -> Result<PathBuf> {
+/// The cached debootstrapped Debian 12 root (minbase and the suite's packages),
+/// built when missing.
+pub fn root_tree() -> Result<PathBuf> {
     let dir = cache();
-    let disk = dir.join(format!("debian-src-v{VERSION}.raw"));
-    if disk.is_file() {
-        return Ok(disk);
-    }
     std::fs::create_dir_all(dir.join("debcache"))?;
     let root = dir.join(format!("debian-root-v{VERSION}"));
     if !root.join("etc/debian_version").is_file() {
@@ -130,6 +127,17 @@ pub fn source_disk() -> Result<PathBuf> {
         ]))
         .context("debootstrap (Debian: debootstrap; needs deb.debian.org)")?;
     }
+    Ok(root)
+}
+
+/// The cached source disk (raw, 3 GiB sparse), built when missing.
+pub fn source_disk() -> Result<PathBuf> {
+    let dir = cache();
+    let disk = dir.join(format!("debian-src-v{VERSION}.raw"));
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    let root = root_tree()?;
     for (path, mode, text) in FILES {
         let p = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap_or(Path::new("/")))?;

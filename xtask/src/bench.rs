@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: runs the benchmark binaries (`mailbox` in release mode;
 //! `ramdisk` builds the real ramdisk first, then boots it every way; `survey` times the
-//! survey in a ramdisk VM and on this machine next to lshw).
+//! survey in a ramdisk VM and on this machine next to lshw; `image` captures and
+//! restores next to restic and tar|zstd).
 
+use std::ffi::OsString;
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -21,26 +23,35 @@ fn bench_bin(name: &str) -> Result<()> {
     ]))
 }
 
+/// Runs the bench binary `name` built in release mode, with `env` and arguments `rest`.
+fn release_bin(name: &str, env: &[(&str, OsString)], rest: &[&str]) -> Result<()> {
+    sh::run(
+        Command::new("cargo")
+            .current_dir(sh::root())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "ferry-tests",
+                "--bin",
+                name,
+                "--",
+            ])
+            .args(rest),
+    )
+}
+
 /// Runs the named benchmark.
 pub fn run(args: &[&str]) -> Result<()> {
     match args {
         ["mailbox", rest @ ..] => {
             let tools = deps::ensure()?;
-            sh::run(
-                Command::new("cargo")
-                    .current_dir(sh::root())
-                    .env("FERRY_MOTO_SERVER", &tools.moto_server)
-                    .args([
-                        "run",
-                        "--release",
-                        "--quiet",
-                        "-p",
-                        "ferry-tests",
-                        "--bin",
-                        "bench-mailbox",
-                        "--",
-                    ])
-                    .args(rest),
+            release_bin(
+                "bench-mailbox",
+                &[("FERRY_MOTO_SERVER", tools.moto_server.into_os_string())],
+                rest,
             )
         }
         ["ramdisk", rest @ ..] => {
@@ -56,8 +67,28 @@ pub fn run(args: &[&str]) -> Result<()> {
             }
             bench_bin("bench-survey")
         }
+        ["image"] => {
+            deps::ensure()?;
+            let musl = crate::ramdisk::build_agent()?;
+            sh::run(Command::new("cargo").current_dir(sh::root()).args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "ferry-agent",
+            ]))?;
+            let glibc = sh::root().join("target/release/ferry-agent");
+            release_bin(
+                "bench-image",
+                &[
+                    ("FERRY_AGENT_MUSL", musl.into_os_string()),
+                    ("FERRY_AGENT_GLIBC", glibc.into_os_string()),
+                ],
+                &[],
+            )
+        }
         _ => bail!(
-            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey"
+            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image"
         ),
     }
 }

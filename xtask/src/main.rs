@@ -20,6 +20,7 @@ tasks:
   bench mailbox   1,000 simulated agents against the embedded store and moto
   bench ramdisk   ramdisk size and seconds to first heartbeat on every boot path
   bench survey    survey time in a ramdisk VM (TCG) and here, next to lshw
+  bench image     image capture/re-capture/restore next to restic and tar|zstd
 ";
 
 fn main() {
