@@ -183,6 +183,39 @@ pub fn clean_stale(host: &Host) {
     }
 }
 
+/// The local, persistent filesystems of `host`, one mount point each: block-device
+/// filesystems, not kernel, memory, network or read-only media ones, and not Ferry's
+/// own snapshot mounts. A filesystem mounted twice (bind mounts) counts once, at its
+/// mount of the whole; each mounted btrfs subvolume counts on its own.
+pub fn default_paths(host: &Host) -> Result<Vec<PathBuf>> {
+    let mut mounts = mountinfo(
+        &host
+            .read_raw("/proc/self/mountinfo")
+            .map_err(|e| anyhow!("/proc/self/mountinfo: {e}"))?,
+    );
+    // Whole-filesystem mounts first, so a bind mount of a part finds its whole seen.
+    mounts.sort_by_key(|m| m.root != "/");
+    let mut seen = std::collections::HashSet::new();
+    let mut paths = Vec::new();
+    for m in &mounts {
+        let part = if m.fstype == "btrfs" {
+            m.root.as_str()
+        } else {
+            ""
+        };
+        if !capturable(&m.fstype)
+            || !m.source.starts_with("/dev/")
+            || m.point.starts_with(SNAP_DIR)
+            || !seen.insert((m.dev.clone(), part.to_string()))
+        {
+            continue;
+        }
+        paths.push(PathBuf::from(&m.point));
+    }
+    paths.sort();
+    Ok(paths)
+}
+
 /// Plans the capture of `paths` (mount points or directories) on `host`, taking the
 /// snapshots it needs. `live` skips snapshots.
 pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h>> {
@@ -317,6 +350,11 @@ mod tests {
 
     const LVS: &str = r#"{"report":[{"lv":[{"vg_name":"vg0","lv_name":"root","lv_size":"4294967296","vg_free":"1073741824","lv_kernel_major":"254","lv_kernel_minor":"0"}]}]}"#;
 
+    /// Root on LVM, /proc, and /boot on a partition.
+    const MOUNTS_ROOT_LVM: &str = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg0-root rw\n\
+         23 22 0:21 / /proc rw - proc proc rw\n\
+         24 22 8:1 / /boot rw - ext4 /dev/vda1 rw\n";
+
     /// A host whose root is a temp tree, recording every tool call.
     fn fake(dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Host {
         Host::new(
@@ -338,13 +376,7 @@ mod tests {
     fn root_on_lvm_is_read_from_a_snapshot_that_is_always_released() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
-        put(
-            r,
-            "/proc/self/mountinfo",
-            "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg0-root rw\n\
-             23 22 0:21 / /proc rw - proc proc rw\n\
-             24 22 8:1 / /boot rw - ext4 /dev/vda1 rw\n",
-        );
+        put(r, "/proc/self/mountinfo", MOUNTS_ROOT_LVM);
         put(r, "/sys/dev/block/254:0/dm/uuid", "LVM-abc\n");
         let log = Arc::new(Mutex::new(Vec::new()));
         let host = fake(r, log.clone());
@@ -382,6 +414,32 @@ mod tests {
                 .contains("proc filesystem, which is never captured"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn by_default_every_local_persistent_filesystem_is_captured_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(
+            r,
+            "/proc/self/mountinfo",
+            &(MOUNTS_ROOT_LVM.to_string()
+                + "25 24 8:2 / /boot/efi rw - vfat /dev/vda2 rw\n\
+             26 22 0:25 / /run rw - tmpfs tmpfs rw\n\
+             27 22 0:40 / /home rw - btrfs /dev/vdb rw\n\
+             28 22 0:40 /data /srv/data rw - btrfs /dev/vdb rw\n\
+             29 22 254:0 /var/www /srv/www rw - ext4 /dev/mapper/vg0-root rw\n\
+             30 22 0:50 / /mnt/nfs rw - nfs4 server:/x rw\n\
+             31 26 254:3 / /run/ferry/snap/ferry-snap-1-0 ro - ext4 /dev/mapper/vg0-ferry--snap rw\n\
+             32 22 11:0 / /media/cd ro - iso9660 /dev/sr0 ro\n"),
+        );
+        let host = fake(r, Arc::new(Mutex::new(Vec::new())));
+        let got = default_paths(&host).unwrap();
+        let want: Vec<PathBuf> = ["/", "/boot", "/boot/efi", "/home", "/srv/data"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

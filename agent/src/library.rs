@@ -2,10 +2,14 @@
 //! a library, restore a filesystem from one, list what a library holds.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ferry_image::{CaptureRequest, Library, Location, Meter, RestoreRequest};
+use ferry_model::protocol::{Action, LibraryRef, MessageBody};
+
+use crate::runner::LibrarySecrets;
 
 /// Opens the library at `location` with the password in `password_file`.
 pub fn connect(location: &str, password_file: &Path) -> Result<Library> {
@@ -13,6 +17,114 @@ pub fn connect(location: &str, password_file: &Path) -> Result<Library> {
         .with_context(|| format!("password file {}: cannot read it", password_file.display()))?;
     let password = password.trim_end_matches(['\n', '\r']);
     Library::connect(&Location::parse(location)?, password)
+}
+
+/// Runs a mailbox `capture` or `restore` (on a blocking thread); the answer to send.
+pub fn run_command(
+    action: &Action,
+    secrets: &LibrarySecrets,
+    meter: &Arc<Meter>,
+) -> Result<MessageBody> {
+    let open = |library: &LibraryRef| -> Result<Library> {
+        let mut loc = Location::parse_url(&library.url)?;
+        loc.store.ca_pem = library.ca_pem.clone();
+        if let Some(c) = &secrets.credential {
+            loc.store.access_key = Some(c.access_key.clone());
+            loc.store.secret_key = Some(c.secret_key.clone());
+        }
+        Library::connect(&loc, &secrets.password)
+    };
+    match action {
+        Action::Capture {
+            image,
+            library,
+            paths,
+            excludes,
+            live,
+        } => {
+            let lib = open(library)?;
+            let host = crate::survey::Host::live();
+            let paths: Vec<PathBuf> = if paths.is_empty() {
+                crate::capture::default_paths(&host)?
+            } else {
+                paths.iter().map(PathBuf::from).collect()
+            };
+            let manifest = capture_paths(&lib, &host, image, &paths, excludes, *live, meter)?;
+            Ok(MessageBody::Captured {
+                image: manifest.image,
+                capture: manifest.capture,
+                filesystems: manifest.filesystems,
+                warnings: manifest.warnings,
+            })
+        }
+        Action::Restore {
+            image,
+            library,
+            capture,
+            fs,
+            to,
+            overwrite,
+        } => {
+            let lib = open(library)?;
+            let manifest = lib.manifest(image, capture.as_deref())?;
+            let req = RestoreRequest {
+                image: image.clone(),
+                at: Some(manifest.capture.clone()),
+                fs: fs.clone(),
+                target: PathBuf::from(to),
+                overwrite: *overwrite,
+            };
+            let report = ferry_image::restore(&lib, &req, meter)?;
+            if report.error_count > 0 {
+                bail!(
+                    "{} entries of {fs} were not restored into {to}: {}",
+                    report.error_count,
+                    report
+                        .errors
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            Ok(MessageBody::Restored {
+                image: image.clone(),
+                capture: manifest.capture,
+                fs: fs.clone(),
+                to: to.clone(),
+                report,
+            })
+        }
+        other => bail!("{} is not an image command", other.name()),
+    }
+}
+
+/// Captures `paths` of `host`, each from a snapshot where one can be taken (released
+/// before this returns), with a survey in the manifest.
+fn capture_paths(
+    lib: &Library,
+    host: &crate::survey::Host,
+    image: &str,
+    paths: &[PathBuf],
+    excludes: &[String],
+    live: bool,
+    meter: &Arc<Meter>,
+) -> Result<ferry_model::image::Manifest> {
+    let plan = crate::capture::plan(host, paths, live)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let survey = crate::survey::survey();
+    let req = CaptureRequest {
+        image: image.to_string(),
+        filesystems: plan.sources.clone(),
+        excludes: excludes.to_vec(),
+        hostname: survey.hostname.clone(),
+        survey: Some(survey),
+        warnings: plan.warnings.clone(),
+    };
+    ferry_image::capture(lib, &req, meter)
 }
 
 /// `ferry-agent capture`: the given mount points, each from a snapshot where one can be
@@ -30,22 +142,8 @@ pub fn capture(
         lib.init()?;
     }
     let host = crate::survey::Host::live();
-    let plan = crate::capture::plan(&host, paths, live)?;
-    for w in &plan.warnings {
-        eprintln!("warning: {w}");
-    }
-    let survey = crate::survey::survey();
-    let req = CaptureRequest {
-        image: image.to_string(),
-        filesystems: plan.sources.clone(),
-        excludes: excludes.to_vec(),
-        hostname: survey.hostname.clone(),
-        survey: Some(survey),
-        warnings: plan.warnings.clone(),
-    };
     let meter = Meter::new(Duration::from_millis(250), None);
-    let manifest = ferry_image::capture(lib, &req, &meter)?;
-    drop(plan);
+    let manifest = capture_paths(lib, &host, image, paths, excludes, live, &meter)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {
@@ -106,22 +204,6 @@ pub fn images(lib: &Library, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
-    for i in images {
-        let fs: Vec<&str> = i
-            .latest
-            .filesystems
-            .iter()
-            .map(|f| f.path.as_str())
-            .collect();
-        println!(
-            "{:<20} {} capture(s), latest {} ({}) {}: {}",
-            i.name,
-            i.captures.len(),
-            i.latest.capture,
-            i.latest.finished,
-            ferry_image::progress::size(i.latest.bytes()),
-            fs.join(" ")
-        );
-    }
+    print!("{}", ferry_image::library::table(&images));
     Ok(())
 }

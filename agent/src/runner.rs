@@ -14,7 +14,8 @@ use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
     Action, AgentKind, BootReport, CommandPayload, Document, Heartbeat, Identity, MessageBody,
-    MessagePayload, Refusal, ReportedError, SCHEMA, Signed, Status,
+    MessagePayload, Progress, Refusal, ReportedError, SCHEMA, SECRET_LIBRARY_CREDENTIAL,
+    SECRET_LIBRARY_PASSWORD, Signed, Status, StoreCredential,
 };
 use ferry_model::survey::Survey;
 use rand::Rng;
@@ -50,6 +51,8 @@ pub struct Agent {
     /// (key, BLAKE3 of content) of files already refused, so each is reported once.
     refused: HashSet<(String, [u8; 32])>,
     phase: &'static str,
+    step: Option<String>,
+    progress: Option<Progress>,
     last_error: Option<ReportedError>,
     status_due: bool,
     identity_done: bool,
@@ -102,6 +105,8 @@ impl Agent {
             next_heartbeat: Instant::now(),
             refused: HashSet::new(),
             phase: "idle",
+            step: None,
+            progress: None,
             last_error: None,
             status_due: true,
             identity_done: false,
@@ -277,8 +282,8 @@ impl Agent {
             agent_id: self.id.clone(),
             kind: self.kind,
             phase: self.phase.to_string(),
-            step: None,
-            progress: None,
+            step: self.step.clone(),
+            progress: self.progress.clone(),
             last_error: self.last_error.clone(),
             last_command_seq: self.state.last_seq,
             survey: self.survey.clone(),
@@ -519,6 +524,9 @@ impl Agent {
                     None,
                 )
             }
+            Action::Capture { .. } | Action::Restore { .. } => {
+                (self.run_image_action(cmd).await, None)
+            }
             Action::Poweroff => (
                 MessageBody::Done {
                     action,
@@ -548,6 +556,155 @@ impl Agent {
             },
         }
     }
+}
+
+impl Agent {
+    /// Opens a sealed secret of `cmd`; `Ok(None)` when it has none by that name.
+    fn open_secret(&self, cmd: &CommandPayload, name: &str) -> Result<Option<Vec<u8>>, String> {
+        cmd.secrets
+            .get(name)
+            .map(|sealed| {
+                self.keys
+                    .open(sealed, &secret_context(&self.id, &cmd.command_id, name))
+                    .map_err(|e| format!("secret {name:?}: {e}"))
+            })
+            .transpose()
+    }
+
+    /// The library password and store credential a capture or restore carries; or
+    /// the failure's code and text.
+    fn library_secrets(&self, cmd: &CommandPayload) -> Result<LibrarySecrets, (String, String)> {
+        let bad = |code: &str, text: String| (code.to_string(), text);
+        let password = self
+            .open_secret(cmd, SECRET_LIBRARY_PASSWORD)
+            .map_err(|t| bad(Refusal::BadSecret.code(), t))?
+            .ok_or_else(|| {
+                bad(
+                    "no-such-secret",
+                    format!("the command carries no {SECRET_LIBRARY_PASSWORD:?} secret"),
+                )
+            })?;
+        let password = String::from_utf8(password).map_err(|_| {
+            bad(
+                Refusal::BadSecret.code(),
+                "the library password is not UTF-8".into(),
+            )
+        })?;
+        let credential = match self.open_secret(cmd, SECRET_LIBRARY_CREDENTIAL) {
+            Ok(Some(bytes)) => Some(serde_json::from_slice::<StoreCredential>(&bytes).map_err(
+                |e| {
+                    bad(
+                        Refusal::BadSecret.code(),
+                        format!("secret {SECRET_LIBRARY_CREDENTIAL:?} is not a credential: {e}"),
+                    )
+                },
+            )?),
+            Ok(None) => None,
+            Err(t) => return Err(bad(Refusal::BadSecret.code(), t)),
+        };
+        Ok(LibrarySecrets {
+            password,
+            credential,
+        })
+    }
+
+    /// Runs a capture or restore on a blocking thread; meanwhile its progress goes
+    /// into the status (at most every second) and heartbeats go on.
+    async fn run_image_action(&mut self, cmd: &CommandPayload) -> MessageBody {
+        let action = cmd.action.name();
+        let secrets = match self.library_secrets(cmd) {
+            Ok(s) => s,
+            Err((code, text)) => {
+                return MessageBody::Failed {
+                    action: action.to_string(),
+                    code,
+                    text,
+                };
+            }
+        };
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<ferry_image::Report>);
+        let meter = ferry_image::Meter::new(
+            Duration::from_secs(1),
+            Some(Box::new(move |r: &ferry_image::Report| {
+                let _ = tx.send(Some(r.clone()));
+            })),
+        );
+        let job = {
+            let action = cmd.action.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::library::run_command(&action, &secrets, &meter)
+            })
+        };
+        tokio::pin!(job);
+        self.phase = if action == "capture" {
+            "capturing"
+        } else {
+            "restoring"
+        };
+        if let Err(e) = self.publish_status().await {
+            warn!("could not publish status: {e}");
+        }
+        let mut reports_open = true;
+        let result = loop {
+            let beat = self
+                .next_heartbeat
+                .saturating_duration_since(Instant::now());
+            tokio::select! {
+                r = &mut job => break r,
+                changed = rx.changed(), if reports_open => {
+                    if changed.is_err() {
+                        reports_open = false;
+                        continue;
+                    }
+                    let report = rx.borrow_and_update().clone();
+                    if let Some(r) = report {
+                        self.step = Some(r.phase.clone());
+                        self.progress = Some(Progress {
+                            done: r.bytes,
+                            total: r.bytes_total.unwrap_or(0),
+                            rate: r.rate,
+                            eta_secs: r.eta_secs,
+                            files: Some(r.files),
+                        });
+                        if let Err(e) = self.publish_status().await {
+                            warn!("could not publish status: {e}");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(beat) => {
+                    if let Err(e) = self.heartbeat().await {
+                        warn!("could not write heartbeat: {e}");
+                        self.next_heartbeat = Instant::now() + Duration::from_secs(5);
+                    }
+                }
+            }
+        };
+        self.phase = "idle";
+        self.step = None;
+        self.progress = None;
+        self.status_due = true;
+        match result {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => MessageBody::Failed {
+                action: action.to_string(),
+                code: format!("{action}-failed"),
+                text: format!("{e:#}"),
+            },
+            Err(e) => MessageBody::Failed {
+                action: action.to_string(),
+                code: "crashed".into(),
+                text: format!("the {action} stopped unexpectedly: {e}"),
+            },
+        }
+    }
+}
+
+/// What opens a library, from a command's sealed secrets.
+pub struct LibrarySecrets {
+    /// The repository password.
+    pub password: String,
+    /// The store credential scoped to the library.
+    pub credential: Option<StoreCredential>,
 }
 
 /// Runs the agent until a `poweroff` command or `shutdown` resolves. Store outages are

@@ -254,8 +254,14 @@ pub fn root_meta(dir: &Path) -> Result<RootMeta> {
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        atime_ns: i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec()),
+        mtime_ns: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+        atime_ns: m
+            .atime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.atime_nsec()),
         xattrs,
     })
 }

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod restore;
 
 pub use capture::{CaptureRequest, FsSource, capture};
+pub use ferry_model::image::RestoreReport;
 pub use library::{ImageSummary, Library, Location};
 pub use progress::{Meter, Report};
-pub use restore::{RestoreReport, RestoreRequest, restore};
+pub use restore::{RestoreRequest, restore};

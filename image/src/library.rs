@@ -123,6 +123,32 @@ pub struct ImageSummary {
     pub latest: Manifest,
 }
 
+/// The images as a table for people: name, captures, latest capture's end, size and
+/// filesystems.
+pub fn table(images: &[ImageSummary]) -> String {
+    let mut out = format!(
+        "{:<20} {:>8} {:<24} {:>10}  FILESYSTEMS\n",
+        "IMAGE", "CAPTURES", "LATEST", "SIZE"
+    );
+    for i in images {
+        let fs: Vec<&str> = i
+            .latest
+            .filesystems
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        out += &format!(
+            "{:<20} {:>8} {:<24} {:>10}  {}\n",
+            i.name,
+            i.captures.len(),
+            i.latest.finished,
+            crate::progress::size(i.latest.bytes()),
+            fs.join(" ")
+        );
+    }
+    out
+}
+
 /// What a check found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CheckReport {
@@ -258,10 +284,19 @@ impl Library {
             .init(
                 &Credentials::password(&self.password),
                 &KeyOptions::default(),
-                &ConfigOptions::default(),
+                &Self::config_options(),
             )
             .map_err(rustic(format!("library {}: creating it", self.location)))?;
         Ok(())
+    }
+
+    /// Repository settings of a new library: data packs stay under 48 MiB (a pack
+    /// ends after the blob that reaches its target size, and a blob is at most 8 MiB),
+    /// so every pack fits in one object of the embedded store (64 MiB).
+    fn config_options() -> ConfigOptions {
+        let mut opts = ConfigOptions::default();
+        opts.set_datapack_size_limit = Some(bytesize::ByteSize::mib(40));
+        opts
     }
 
     /// Opens the repository, reporting progress to `pb`.

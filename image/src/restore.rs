@@ -21,14 +21,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_model::image::RootMeta;
+use ferry_model::image::{RestoreReport, RootMeta};
 use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat, mkfifo};
 use rustic_core::repofile::{BlobType, Node, NodeType};
 use rustic_core::{BlobId, IndexedFullStatus, LsOptions, Repository};
-use serde::Serialize;
 
 use crate::library::{Library, rustic};
 use crate::progress::Meter;
@@ -48,36 +47,12 @@ pub struct RestoreRequest {
     pub overwrite: bool,
 }
 
-/// What a restore did. Every entry that failed is counted and the first ones named;
-/// nothing counted as restored failed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RestoreReport {
-    /// Directories restored.
-    pub dirs: u64,
-    /// Regular files restored (each inode once).
-    pub files: u64,
-    /// Extra names of hardlinked files.
-    pub hardlinks: u64,
-    /// Symbolic links.
-    pub symlinks: u64,
-    /// Devices, FIFOs and sockets.
-    pub specials: u64,
-    /// Bytes of file content.
-    pub bytes: u64,
-    /// Entries with a failure.
-    pub error_count: u64,
-    /// The first failures, each naming its path.
-    pub errors: Vec<String>,
-}
-
 const MAX_NAMED_ERRORS: usize = 100;
 
-impl RestoreReport {
-    fn fail(&mut self, path: &Path, what: impl std::fmt::Display) {
-        self.error_count += 1;
-        if self.errors.len() < MAX_NAMED_ERRORS {
-            self.errors.push(format!("{}: {what}", path.display()));
-        }
+fn fail(report: &mut RestoreReport, path: &Path, what: impl std::fmt::Display) {
+    report.error_count += 1;
+    if report.errors.len() < MAX_NAMED_ERRORS {
+        report.errors.push(format!("{}: {what}", path.display()));
     }
 }
 
@@ -125,7 +100,7 @@ pub fn restore(lib: &Library, req: &RestoreRequest, meter: &Arc<Meter>) -> Resul
         set_metadata(path, node, &mut report);
     }
     if let Err(e) = set_root(&req.target, &fs.root) {
-        report.fail(&req.target, e);
+        fail(&mut report, &req.target, e);
     }
     meter.finish();
     Ok(report)
@@ -191,7 +166,11 @@ fn create_entries(
             }
             match std::fs::hard_link(first, &path) {
                 Ok(()) => report.hardlinks += 1,
-                Err(e) => report.fail(&path, format!("hardlink to {}: {e}", first.display())),
+                Err(e) => fail(
+                    report,
+                    &path,
+                    format!("hardlink to {}: {e}", first.display()),
+                ),
             }
             continue;
         }
@@ -204,7 +183,7 @@ fn create_entries(
                     path.display()
                 );
             }
-            report.fail(&path, e);
+            fail(report, &path, e);
             continue;
         }
         match &node.node_type {
@@ -301,9 +280,9 @@ fn write_contents(
                         }
                         Err(e) if e.full => {
                             full.store(true, Ordering::Relaxed);
-                            r.fail(&job.path, e.message);
+                            fail(&mut r, &job.path, e.message);
                         }
-                        Err(e) => r.fail(&job.path, e.message),
+                        Err(e) => fail(&mut r, &job.path, e.message),
                     }
                 }
             });
@@ -474,7 +453,7 @@ fn set_metadata(path: &Path, node: &Node, report: &mut RestoreReport) {
         failed.push(format!("times: {e}"));
     }
     if !failed.is_empty() {
-        report.fail(path, failed.join("; "));
+        fail(report, path, failed.join("; "));
     }
 }
 
@@ -489,12 +468,7 @@ fn set_root(target: &Path, root: &RootMeta) -> Result<()> {
         let value = hex::decode(value).with_context(|| format!("xattr {name}: not hex"))?;
         xattr::set(target, name, &value).with_context(|| format!("xattr {name}"))?;
     }
-    let ts = |ns: i128| {
-        TimeSpec::new(
-            ns.div_euclid(1_000_000_000) as i64,
-            ns.rem_euclid(1_000_000_000) as i64,
-        )
-    };
+    let ts = |ns: i64| TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
     utimensat(
         AT_FDCWD,
         target,

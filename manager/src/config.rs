@@ -42,6 +42,30 @@ pub struct ManagerConfig {
     /// The HTTP boot server `ferry serve` runs, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<crate::bootserver::BootConfig>,
+    /// The image library, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<LibraryConfig>,
+}
+
+/// Where images are kept, and how the manager and agents open the library.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryConfig {
+    /// The library as the manager reaches it: a folder, `s3+https://HOST:PORT/BUCKET/FOLDER`
+    /// or `dav+https://HOST:PORT/PATH`.
+    pub url: String,
+    /// The library as agents reach it, when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
+    /// File holding the repository password; relative paths are from the config's folder.
+    pub password_file: PathBuf,
+    /// Store credential scoped to the library; the manager uses it, and seals it into
+    /// capture and restore commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+    /// CA certificate (PEM) of the library's store, when not publicly trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 fn default_scan() -> f64 {
@@ -81,6 +105,9 @@ impl ManagerConfig {
             .map_err(|e| anyhow::anyhow!("manager config {} is not valid: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.key_file = base.join(&config.key_file);
+        if let Some(lib) = &mut config.library {
+            lib.password_file = base.join(&lib.password_file);
+        }
         Ok(config)
     }
 
@@ -180,6 +207,7 @@ pub fn init(opts: &InitOptions) -> Result<PathBuf> {
                 tls_ca: dir.join("ca.pem"),
                 manager: Credential::generate("FM"),
                 agent: Credential::generate("FA"),
+                library: Some(Credential::generate("FL")),
             };
             let store = StoreConfig {
                 url: format!("s3+https://{}/ferry", opts.listen),
@@ -191,6 +219,30 @@ pub fn init(opts: &InitOptions) -> Result<PathBuf> {
             (store, Some(embedded))
         }
     };
+    // With the embedded store, the library lives in its bucket under `library/`, opened
+    // with the library-scoped credential; its password is made here.
+    let library = match &embedded {
+        Some(e) => {
+            let password: [u8; 32] = ferry_mailbox::seal::random_bytes();
+            write_atomic(
+                &data.join("library.password"),
+                ferry_mailbox::seal::b64(&password).as_bytes(),
+                0o600,
+            )?;
+            let folder = crate::embedded::LIBRARY_PREFIX.trim_end_matches('/');
+            Some(LibraryConfig {
+                url: format!("{}/{folder}", store.url),
+                agent_url: opts
+                    .agent_store_url
+                    .as_ref()
+                    .map(|u| format!("{}/{folder}", u.trim_end_matches('/'))),
+                password_file: PathBuf::from("library.password"),
+                credential: e.library.clone(),
+                ca_pem: store.ca_pem.clone(),
+            })
+        }
+        None => None,
+    };
     let config = ManagerConfig {
         store,
         key_file: PathBuf::from("manager.key"),
@@ -200,6 +252,7 @@ pub fn init(opts: &InitOptions) -> Result<PathBuf> {
         agent_poll_secs: opts.agent_poll_secs.unwrap_or_else(default_poll),
         agent_store_url: opts.agent_store_url.clone(),
         boot: opts.boot.clone(),
+        library,
     };
     config.save(&path)?;
     Ok(path)

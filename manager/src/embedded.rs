@@ -1,6 +1,8 @@
 //! The embedded store behind `ferry serve`: S3 over TLS, backed by a folder with atomic
-//! writes, with two credential classes. *Manager* may do everything; *agent* may touch
-//! only objects under `mailboxes/<id>/` and list only inside one whole mailbox.
+//! writes, with three credential classes. *Manager* may do everything; *agent* may touch
+//! only objects under `mailboxes/<id>/` and list only inside one whole mailbox;
+//! *library* (handed to agents, sealed, inside capture and restore commands) may touch
+//! only the image library under `library/`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,7 +52,13 @@ pub struct EmbeddedConfig {
     pub manager: Credential,
     /// Credential limited to mailboxes.
     pub agent: Credential,
+    /// Credential limited to the image library (`library/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<Credential>,
 }
+
+/// The image library's folder in the embedded store's bucket.
+pub const LIBRARY_PREFIX: &str = "library/";
 
 /// An access key and its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,28 +88,66 @@ fn inside_one_mailbox(key: &str) -> bool {
         .is_some_and(|(id, _)| ferry_model::protocol::check_agent_id(id).is_ok())
 }
 
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Manager,
+    Agent,
+    Library,
+}
+
+impl Class {
+    /// May this class touch the object `key`, or list under the prefix `key`?
+    fn may(self, key: &str) -> bool {
+        match self {
+            Class::Manager => true,
+            Class::Agent => inside_one_mailbox(key),
+            Class::Library => key.starts_with(LIBRARY_PREFIX),
+        }
+    }
+
+    fn scope(self) -> &'static str {
+        match self {
+            Class::Manager => "everything",
+            Class::Agent => "objects inside one mailbox",
+            Class::Library => "objects inside the image library (library/)",
+        }
+    }
+}
+
 /// Decides what each credential class may do.
 #[derive(Debug, Clone)]
 struct Access {
     manager_key: String,
     agent_key: String,
+    library_key: Option<String>,
     bucket: String,
 }
 
 impl Access {
-    fn is_agent(&self, cx: &S3AccessContext<'_>) -> S3Result<bool> {
-        match cx.credentials() {
-            Some(c) if c.access_key == self.manager_key => Ok(false),
-            Some(c) if c.access_key == self.agent_key => Ok(true),
+    fn class(&self, access_key: Option<&str>) -> S3Result<Class> {
+        match access_key {
+            Some(k) if k == self.manager_key => Ok(Class::Manager),
+            Some(k) if k == self.agent_key => Ok(Class::Agent),
+            Some(k) if Some(k) == self.library_key.as_deref() => Ok(Class::Library),
             _ => Err(s3_error!(AccessDenied, "unknown credential")),
         }
+    }
+
+    fn denied(class: Class, what: &str) -> s3s::S3Error {
+        s3_error!(
+            AccessDenied,
+            "this credential may only {what} {}",
+            class.scope()
+        )
     }
 }
 
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if !self.is_agent(cx)? {
+        let class = self.class(cx.credentials().map(|c| c.access_key.as_str()))?;
+        if class == Class::Manager {
             return Ok(());
         }
         let op = cx.s3_op().name();
@@ -109,51 +155,29 @@ impl S3Access for Access {
             (
                 S3Path::Object { bucket, key },
                 "PutObject" | "GetObject" | "HeadObject" | "DeleteObject",
-            ) if **bucket == *self.bucket && inside_one_mailbox(key) => Ok(()),
+            ) if **bucket == *self.bucket && class.may(key) => Ok(()),
             // The prefix and keys are checked below, once the request is parsed.
             (S3Path::Bucket { bucket }, "ListObjectsV2" | "DeleteObjects")
                 if **bucket == *self.bucket =>
             {
                 Ok(())
             }
-            _ => Err(s3_error!(
-                AccessDenied,
-                "agent credentials may only use objects inside one mailbox"
-            )),
+            _ => Err(Self::denied(class, "use")),
         }
     }
 
     async fn list_objects_v2(&self, req: &mut S3Request<dto::ListObjectsV2Input>) -> S3Result<()> {
-        let is_agent = req
-            .credentials
-            .as_ref()
-            .is_some_and(|c| c.access_key == self.agent_key);
-        if is_agent && !req.input.prefix.as_deref().is_some_and(inside_one_mailbox) {
-            return Err(s3_error!(
-                AccessDenied,
-                "agent credentials may only list inside one mailbox"
-            ));
+        let class = self.class(req.credentials.as_ref().map(|c| c.access_key.as_str()))?;
+        if !req.input.prefix.as_deref().is_some_and(|p| class.may(p)) {
+            return Err(Self::denied(class, "list"));
         }
         Ok(())
     }
 
     async fn delete_objects(&self, req: &mut S3Request<dto::DeleteObjectsInput>) -> S3Result<()> {
-        let is_agent = req
-            .credentials
-            .as_ref()
-            .is_some_and(|c| c.access_key == self.agent_key);
-        if is_agent
-            && !req
-                .input
-                .delete
-                .objects
-                .iter()
-                .all(|o| inside_one_mailbox(&o.key))
-        {
-            return Err(s3_error!(
-                AccessDenied,
-                "agent credentials may only delete inside one mailbox"
-            ));
+        let class = self.class(req.credentials.as_ref().map(|c| c.access_key.as_str()))?;
+        if !req.input.delete.objects.iter().all(|o| class.may(&o.key)) {
+            return Err(Self::denied(class, "delete"));
         }
         Ok(())
     }
@@ -486,11 +510,15 @@ pub async fn serve(
         config.agent.access_key.clone(),
         config.agent.secret_key.clone().into(),
     );
+    if let Some(lib) = &config.library {
+        auth.register(lib.access_key.clone(), lib.secret_key.clone().into());
+    }
     let mut builder = S3ServiceBuilder::new(backend);
     builder.set_auth(auth);
     builder.set_access(Access {
         manager_key: config.manager.access_key.clone(),
         agent_key: config.agent.access_key.clone(),
+        library_key: config.library.as_ref().map(|c| c.access_key.clone()),
         bucket: config.bucket.clone(),
     });
     let service = builder.build();
@@ -542,5 +570,15 @@ mod tests {
         assert!(!inside_one_mailbox("mailboxes/short/x"));
         assert!(!inside_one_mailbox(&format!("agents/{id}/log/x")));
         assert!(!inside_one_mailbox("jobs/x"));
+    }
+
+    #[test]
+    fn each_class_reaches_only_its_part() {
+        let mailbox = format!("mailboxes/{}/status.json", "a".repeat(52));
+        assert!(Class::Manager.may(&mailbox) && Class::Manager.may("library/config"));
+        assert!(Class::Agent.may(&mailbox) && !Class::Agent.may("library/config"));
+        assert!(Class::Library.may("library/data/ab/abcd") && Class::Library.may("library/"));
+        assert!(!Class::Library.may(&mailbox) && !Class::Library.may("librarian/x"));
+        assert!(!Class::Library.may("agents/x") && !Class::Library.may(""));
     }
 }

@@ -188,11 +188,38 @@ impl Fleet {
         ttl: Duration,
         seq_floor: u64,
     ) -> Result<CommandPayload> {
+        let command_id = uuid::Uuid::now_v7().to_string();
+        self.send_full(agent, &command_id, action, secrets, ttl, seq_floor)
+            .await
+    }
+
+    /// Like [`Fleet::send`] under a command id chosen beforehand (secrets are sealed
+    /// to the command id).
+    pub async fn send_prepared(
+        &self,
+        agent: &str,
+        command_id: &str,
+        action: Action,
+        secrets: BTreeMap<String, Sealed>,
+    ) -> Result<CommandPayload> {
+        self.send_full(agent, command_id, action, secrets, DEFAULT_TTL, 0)
+            .await
+    }
+
+    async fn send_full(
+        &self,
+        agent: &str,
+        command_id: &str,
+        action: Action,
+        secrets: BTreeMap<String, Sealed>,
+        ttl: Duration,
+        seq_floor: u64,
+    ) -> Result<CommandPayload> {
         let issued = now_ms();
         let cmd = CommandPayload {
             schema: SCHEMA,
             agent_id: agent.to_string(),
-            command_id: uuid::Uuid::now_v7().to_string(),
+            command_id: command_id.to_string(),
             seq: self.next_seq(seq_floor),
             issued_ms: issued,
             expires_ms: issued + (ttl.as_millis() as u64).max(1),
@@ -295,6 +322,16 @@ impl Fleet {
         Ok(out)
     }
 
+    /// The first reply to a command, if there is one yet (collecting the mailbox).
+    pub async fn reply_now(&self, agent: &str, command: &str) -> Result<Option<MessagePayload>> {
+        for r in self.collect(agent).await? {
+            if r.message.in_reply_to.as_deref() == Some(command) {
+                return Ok(Some(r.message));
+            }
+        }
+        Ok(self.replies(agent, command).await?.into_iter().next())
+    }
+
     /// Waits for the first reply to a command, collecting the mailbox meanwhile.
     pub async fn await_reply(
         &self,
@@ -305,12 +342,7 @@ impl Fleet {
     ) -> Result<MessagePayload> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            for r in self.collect(agent).await? {
-                if r.message.in_reply_to.as_deref() == Some(command) {
-                    return Ok(r.message);
-                }
-            }
-            if let Some(m) = self.replies(agent, command).await?.into_iter().next() {
+            if let Some(m) = self.reply_now(agent, command).await? {
                 return Ok(m);
             }
             if tokio::time::Instant::now() >= deadline {

@@ -6,4 +6,5 @@ pub mod config;
 pub mod daemon;
 pub mod embedded;
 pub mod fleet;
+pub mod images;
 pub mod tls;

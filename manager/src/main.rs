@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ferry_manager::bootserver::BootConfig;
-use ferry_manager::cli;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
+use ferry_manager::{cli, images};
 
 /// Ferry moves running Linux servers onto other servers through mailboxes on a store.
 #[derive(Parser)]
@@ -138,6 +138,32 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AgentCmd,
     },
+    /// Have an agent capture its server into an image in the library (one LVM or
+    /// btrfs snapshot per filesystem where it can take one).
+    Capture {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        opts: images::CaptureOptions,
+    },
+    /// Have an agent restore one filesystem of an image into a directory on its machine.
+    Restore {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        opts: images::RestoreOptions,
+    },
+    /// List the images in the library.
+    Images {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commands about one image.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
     /// Ping an agent through its mailbox and print round-trip times.
     Ping {
         /// Agent id, or a unique prefix of it.
@@ -148,6 +174,40 @@ enum Cmd {
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Show an image's latest (or one) capture and the list of its captures.
+    Show {
+        /// Image name.
+        name: String,
+        /// A capture id (default: the latest).
+        #[arg(long)]
+        capture: Option<String>,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image, or one of its captures, and free the data only it used.
+    Rm {
+        /// Image name.
+        name: String,
+        /// Remove only this capture.
+        #[arg(long)]
+        capture: Option<String>,
+    },
+    /// Check an image's structure and, by default, read back every byte of its data.
+    Check {
+        /// Image name.
+        name: String,
+        /// Check the structure only, without reading the data.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -273,6 +333,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Agent {
             cmd: AgentCmd::Show { id, json },
         } => rt.block_on(cli::agent_show(&load()?, &id, json)),
+        Cmd::Capture { id, opts } => rt.block_on(images::capture(&load()?, &id, &opts)),
+        Cmd::Restore { id, opts } => rt.block_on(images::restore(&load()?, &id, &opts)),
+        Cmd::Images { json } => images::images(&load()?, json),
+        Cmd::Image { cmd } => match cmd {
+            ImageCmd::Show {
+                name,
+                capture,
+                json,
+            } => images::show(&load()?, &name, capture.as_deref(), json),
+            ImageCmd::Rm { name, capture } => images::remove(&load()?, &name, capture.as_deref()),
+            ImageCmd::Check { name, quick, json } => images::check(&load()?, &name, !quick, json),
+        },
         Cmd::Ping { id, count, timeout } => rt.block_on(cli::ping(
             &load()?,
             &id,

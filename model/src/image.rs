@@ -58,7 +58,7 @@ pub enum Consistency {
 }
 
 /// One captured filesystem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsImage {
     /// Its mount point on the source, e.g. `/` or `/var/lib/mysql`; also the path
     /// of the snapshot in the library.
@@ -89,10 +89,11 @@ pub struct RootMeta {
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
+    /// Modification time, nanoseconds since the epoch (years 1677 to 2262; a 64-bit
+    /// integer, because JSON readers of tagged enums cannot take 128-bit ones).
+    pub mtime_ns: i64,
     /// Access time, nanoseconds since the epoch.
-    pub atime_ns: i128,
+    pub atime_ns: i64,
     /// Extended attributes: name and hex-encoded value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<(String, String)>,
@@ -108,6 +109,29 @@ impl Manifest {
     pub fn filesystem(&self, path: &str) -> Option<&FsImage> {
         self.filesystems.iter().find(|f| f.path == path)
     }
+}
+
+/// What a restore did. Every entry that failed is counted and the first ones named;
+/// nothing counted as restored failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// Directories restored.
+    pub dirs: u64,
+    /// Regular files restored (each inode once).
+    pub files: u64,
+    /// Extra names of hardlinked files.
+    pub hardlinks: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Devices, FIFOs and sockets.
+    pub specials: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Entries with a failure.
+    pub error_count: u64,
+    /// The first failures, each naming its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Checks an image name: 1–64 of `A–Z a–z 0–9 . _ -`, not starting with `.` or `-`.

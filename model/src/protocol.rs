@@ -246,6 +246,9 @@ pub struct Progress {
     /// Seconds left, estimated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<u64>,
+    /// Files done, for work on files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
 }
 
 /// An error an agent reports in its status.
@@ -397,6 +400,70 @@ pub enum Action {
     Reboot,
     /// Take the full survey again and publish it in the status.
     Survey,
+    /// Capture this server into an image. Secrets: [`SECRET_LIBRARY_PASSWORD`] and,
+    /// for a library on S3 or WebDAV, [`SECRET_LIBRARY_CREDENTIAL`].
+    Capture {
+        /// The image's name.
+        image: String,
+        /// Where the library is, as this agent reaches it.
+        library: LibraryRef,
+        /// Mount points to capture; empty: every local, persistent filesystem.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paths: Vec<String>,
+        /// Globs of paths to leave out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        excludes: Vec<String>,
+        /// Read live, without taking snapshots.
+        #[serde(default)]
+        live: bool,
+    },
+    /// Restore one filesystem of an image into a directory on this machine. Secrets
+    /// as for [`Action::Capture`].
+    Restore {
+        /// The image's name.
+        image: String,
+        /// Where the library is, as this agent reaches it.
+        library: LibraryRef,
+        /// A capture id of the image; the latest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture: Option<String>,
+        /// The filesystem's path in the image, e.g. `/`.
+        fs: String,
+        /// The directory to restore into.
+        to: String,
+        /// Restore over what is in the directory already.
+        #[serde(default)]
+        overwrite: bool,
+    },
+}
+
+/// Name of the sealed secret holding a library's repository password.
+pub const SECRET_LIBRARY_PASSWORD: &str = "library-password";
+/// Name of the sealed secret holding the store credential scoped to the library, as
+/// JSON `{"access_key": …, "secret_key": …}`.
+pub const SECRET_LIBRARY_CREDENTIAL: &str = "library-credential";
+
+/// A library's location as a command carries it. The repository password and the
+/// store credential travel as sealed secrets, never here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryRef {
+    /// A folder, `s3+https://HOST:PORT/BUCKET[/FOLDER]` or `dav+https://HOST:PORT/PATH`.
+    pub url: String,
+    /// The CA certificate (PEM) the store's certificate must chain to, when it is not
+    /// publicly trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// A store credential in a sealed secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreCredential {
+    /// Access key id (S3) or user name (WebDAV).
+    pub access_key: String,
+    /// Secret key or password.
+    pub secret_key: String,
 }
 
 impl Action {
@@ -409,6 +476,8 @@ impl Action {
             Action::Poweroff => "poweroff",
             Action::Reboot => "reboot",
             Action::Survey => "survey",
+            Action::Capture { .. } => "capture",
+            Action::Restore { .. } => "restore",
         }
     }
 }
@@ -512,6 +581,31 @@ pub enum MessageBody {
         /// A line for people.
         detail: String,
     },
+    /// A capture finished: the image now has this capture.
+    Captured {
+        /// The image.
+        image: String,
+        /// The new capture's id.
+        capture: String,
+        /// What each filesystem's capture holds.
+        filesystems: Vec<crate::image::FsImage>,
+        /// What a restore should know, e.g. filesystems read live.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
+    /// A restore finished with every entry restored.
+    Restored {
+        /// The image.
+        image: String,
+        /// The capture restored.
+        capture: String,
+        /// The filesystem's path in the image.
+        fs: String,
+        /// Where it was restored.
+        to: String,
+        /// What was restored.
+        report: crate::image::RestoreReport,
+    },
     /// A command failed while running.
     Failed {
         /// Action name.
@@ -593,18 +687,22 @@ mod tests {
         "a".repeat(AGENT_ID_LEN)
     }
 
-    #[test]
-    fn command_round_trips_and_validates() {
-        let c = CommandPayload {
+    fn command(action: Action) -> CommandPayload {
+        CommandPayload {
             schema: SCHEMA,
             agent_id: id(),
             command_id: "c-1".into(),
             seq: 7,
             issued_ms: 1,
             expires_ms: 2,
-            action: Action::Sleep { millis: 5 },
+            action,
             secrets: BTreeMap::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn command_round_trips_and_validates() {
+        let c = command(Action::Sleep { millis: 5 });
         let back = CommandPayload::parse(&c.to_bytes()).expect("parses");
         assert_eq!(back, c);
         let bad = CommandPayload { seq: 0, ..c };
@@ -612,6 +710,84 @@ mod tests {
             CommandPayload::parse(&bad.to_bytes()),
             Err(DocumentError::Invalid { field: "seq", .. })
         ));
+    }
+
+    #[test]
+    fn image_commands_and_answers_round_trip() {
+        use crate::image::{Consistency, FsImage, RestoreReport, RootMeta};
+        let library = LibraryRef {
+            url: "s3+https://10.0.2.2:7443/ferry/library".into(),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+        };
+        for action in [
+            Action::Capture {
+                image: "web".into(),
+                library: library.clone(),
+                paths: vec!["/".into(), "/var".into()],
+                excludes: vec!["/var/cache/**".into()],
+                live: false,
+            },
+            Action::Restore {
+                image: "web".into(),
+                library,
+                capture: Some("01ab".into()),
+                fs: "/".into(),
+                to: "/mnt/target".into(),
+                overwrite: true,
+            },
+        ] {
+            let c = command(action);
+            assert_eq!(CommandPayload::parse(&c.to_bytes()).expect("parses"), c);
+        }
+        // Times before 1970 and with nanoseconds; every field through the tagged enum.
+        let fs = FsImage {
+            path: "/".into(),
+            snapshot: "ab".repeat(32),
+            fstype: Some("ext4".into()),
+            consistency: Consistency::LvmSnapshot,
+            files: 3,
+            bytes: 4,
+            added_bytes: 5,
+            root: RootMeta {
+                mode: 0o1777,
+                uid: 1,
+                gid: 2,
+                mtime_ns: -1_234_567_890_123,
+                atime_ns: 1_700_000_000_123_456_789,
+                xattrs: vec![("user.a".into(), "00ff".into())],
+            },
+        };
+        for body in [
+            MessageBody::Captured {
+                image: "web".into(),
+                capture: "01ab".into(),
+                filesystems: vec![fs],
+                warnings: vec!["/boot was read live".into()],
+            },
+            MessageBody::Restored {
+                image: "web".into(),
+                capture: "01ab".into(),
+                fs: "/".into(),
+                to: "/mnt/target".into(),
+                report: RestoreReport {
+                    files: 9,
+                    errors: vec!["x: failed".into()],
+                    error_count: 1,
+                    ..Default::default()
+                },
+            },
+        ] {
+            let m = MessagePayload {
+                schema: SCHEMA,
+                agent_id: id(),
+                seq: 1,
+                message_id: "m-1".into(),
+                at_ms: 5,
+                in_reply_to: Some("c-1".into()),
+                body,
+            };
+            assert_eq!(MessagePayload::parse(&m.to_bytes()).expect("parses"), m);
+        }
     }
 
     #[test]

@@ -362,8 +362,8 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-fn ns(secs: i64, nsec: i64) -> i128 {
-    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs * 1_000_000_000 + nsec
 }
 
 /// Compares two trees entry by entry, the roots included: type, mode, owner,

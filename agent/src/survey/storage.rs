@@ -192,8 +192,13 @@ pub fn partition_tables(probes: &[HashMap<String, String>]) -> Vec<PartitionTabl
 pub struct Mount {
     /// `major:minor` of the device.
     pub dev: String,
+    /// The directory of the filesystem mounted there (`/` unless a bind mount or a
+    /// btrfs subvolume).
+    pub root: String,
     /// Mount point.
     pub point: String,
+    /// What was mounted, e.g. `/dev/vda2`, `tmpfs`.
+    pub source: String,
     /// Per-mount options.
     pub options: String,
     /// Filesystem type.
@@ -229,7 +234,9 @@ pub fn mountinfo(text: &str) -> Vec<Mount> {
             let sep = f.iter().position(|x| *x == "-")?;
             Some(Mount {
                 dev: f.get(2)?.to_string(),
+                root: unescape(f.get(3)?),
                 point: unescape(f.get(4)?),
+                source: unescape(f.get(sep + 2)?),
                 options: f.get(5)?.to_string(),
                 fstype: f.get(sep + 1)?.to_string(),
             })

@@ -1,0 +1,416 @@
+//! The image commands: `ferry capture` and `ferry restore` through an agent's
+//! mailbox, and `ferry images` / `ferry image show|rm|check` on the library itself.
+//!
+//! The library's repository password and its scoped store credential are sealed to
+//! the one agent and the one command; an agent's standing credential reaches only its
+//! mailbox.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ferry_image::progress::size;
+use ferry_image::{Library, Location};
+use ferry_model::protocol::{
+    Action, Identity, LibraryRef, MessageBody, MessagePayload, SECRET_LIBRARY_CREDENTIAL,
+    SECRET_LIBRARY_PASSWORD, StoreCredential,
+};
+
+use crate::config::{LibraryConfig, ManagerConfig};
+use crate::fleet::Fleet;
+
+fn library_config(config: &ManagerConfig) -> Result<&LibraryConfig> {
+    config.library.as_ref().context(
+        "the manager config has no image library: add a `library:` section (url, password_file, credential)",
+    )
+}
+
+fn password(lib: &LibraryConfig) -> Result<String> {
+    let text = std::fs::read_to_string(&lib.password_file).with_context(|| {
+        format!(
+            "library password file {}: cannot read it",
+            lib.password_file.display()
+        )
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Opens the library as the manager reaches it. Blocking: call it off the runtime.
+pub fn open(config: &ManagerConfig) -> Result<Library> {
+    let lib = library_config(config)?;
+    let mut loc = Location::parse_url(&lib.url)?;
+    loc.store.ca_pem = lib.ca_pem.clone();
+    if let Some(c) = &lib.credential {
+        loc.store.access_key = Some(c.access_key.clone());
+        loc.store.secret_key = Some(c.secret_key.clone());
+    }
+    Library::connect(&loc, &password(lib)?)
+}
+
+/// What goes in a command for `agent`: where the library is, and the sealed secrets.
+fn library_for(
+    lib: &LibraryConfig,
+    agent: &Identity,
+    command_id: &str,
+) -> Result<(LibraryRef, BTreeMap<String, ferry_model::protocol::Sealed>)> {
+    let mut secrets = BTreeMap::new();
+    secrets.insert(
+        SECRET_LIBRARY_PASSWORD.to_string(),
+        Fleet::seal_for(
+            agent,
+            command_id,
+            SECRET_LIBRARY_PASSWORD,
+            password(lib)?.as_bytes(),
+        )?,
+    );
+    if let Some(c) = &lib.credential {
+        let cred = serde_json::to_vec(&StoreCredential {
+            access_key: c.access_key.clone(),
+            secret_key: c.secret_key.clone(),
+        })?;
+        secrets.insert(
+            SECRET_LIBRARY_CREDENTIAL.to_string(),
+            Fleet::seal_for(agent, command_id, SECRET_LIBRARY_CREDENTIAL, &cred)?,
+        );
+    }
+    let library = LibraryRef {
+        url: lib.agent_url.clone().unwrap_or_else(|| lib.url.clone()),
+        ca_pem: lib.ca_pem.clone(),
+    };
+    Ok((library, secrets))
+}
+
+/// Sends an image command (with its sealed secrets) and waits for the answer,
+/// drawing the agent's reported progress on a terminal meanwhile.
+async fn run_on_agent(
+    config: &ManagerConfig,
+    id: &str,
+    make: impl FnOnce(LibraryRef) -> Action,
+    timeout: f64,
+) -> Result<(String, MessagePayload)> {
+    let timeout = Duration::from_secs_f64(timeout);
+    let lib = library_config(config)?;
+    let fleet = crate::cli::fleet(config)?;
+    let id = fleet.resolve(id).await?;
+    let view = fleet.view(&id).await?;
+    let identity = view
+        .identity
+        .with_context(|| format!("agent {id} has no identity in its mailbox yet"))?;
+    // The command id is fixed before sealing: seals are bound to it.
+    let command_id = uuid::Uuid::now_v7().to_string();
+    let (library, secrets) = library_for(lib, &identity, &command_id)?;
+    let cmd = fleet
+        .send_prepared(&id, &command_id, make(library), secrets)
+        .await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let terminal = std::io::stderr().is_terminal();
+    loop {
+        if let Some(reply) = fleet.reply_now(&id, &cmd.command_id).await? {
+            if terminal {
+                eprint!("\r\x1b[2K");
+            }
+            return Ok((id, reply));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "agent {id} did not finish {} within {:.0} s; it may still be working (`ferry agent show {}`)",
+                cmd.action.name(),
+                timeout.as_secs_f64(),
+                &id[..12]
+            );
+        }
+        if terminal
+            && let Ok(v) = fleet.view(&id).await
+            && let Some(status) = v.status
+            && let Some(p) = status.progress
+        {
+            let mut line = format!(
+                "{}: {} {}",
+                status.phase,
+                status.step.unwrap_or_default(),
+                size(p.done)
+            );
+            if p.total > 0 {
+                line += &format!(
+                    " of {} ({}%)",
+                    size(p.total),
+                    p.done.min(p.total) * 100 / p.total
+                );
+            }
+            if let Some(f) = p.files {
+                line += &format!(", {f} files");
+            }
+            line += &format!(", {}/s", size(p.rate));
+            if let Some(eta) = p.eta_secs {
+                line += &format!(", {eta} s left");
+            }
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Fails with the agent's own words when it did not do the work.
+fn failure(id: &str, body: MessageBody) -> anyhow::Error {
+    match body {
+        MessageBody::Failed { code, text, .. } => anyhow::anyhow!("agent {id}: {text} ({code})"),
+        MessageBody::Refused { text, reason, .. } => {
+            anyhow::anyhow!("agent {id} refused the command ({}): {text}", reason.code())
+        }
+        other => anyhow::anyhow!("agent {id} answered unexpectedly: {other:?}"),
+    }
+}
+
+/// Options of `ferry capture`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureOptions {
+    /// Image name.
+    #[arg(long)]
+    pub image: String,
+    /// Mount point to capture (repeatable; default: every local, persistent filesystem).
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+    /// Leave out paths matching this glob (repeatable).
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read the filesystems live, without snapshots.
+    #[arg(long)]
+    pub live: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the capture to finish.
+    #[arg(long, default_value_t = 86400.0)]
+    pub timeout: f64,
+}
+
+/// `ferry capture AGENT --image NAME`: creates the library if there is none, then
+/// has the agent capture its server into the image.
+pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) -> Result<()> {
+    ferry_model::image::check_image_name(&opts.image)
+        .map_err(|e| anyhow::anyhow!("image {:?}: {e}", opts.image))?;
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let lib = open(&c)?;
+        if !lib.exists()? {
+            lib.init()?;
+        }
+        Ok(())
+    })
+    .await??;
+    let (id, reply) = run_on_agent(
+        config,
+        id,
+        |library| Action::Capture {
+            image: opts.image.clone(),
+            library,
+            paths: opts.paths.clone(),
+            excludes: opts.excludes.clone(),
+            live: opts.live,
+        },
+        opts.timeout,
+    )
+    .await?;
+    match reply.body {
+        MessageBody::Captured {
+            image,
+            capture,
+            filesystems,
+            warnings,
+        } => {
+            if opts.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"agent": id, "image": image, "capture": capture,
+                        "filesystems": filesystems, "warnings": warnings})
+                );
+                return Ok(());
+            }
+            println!("{}: image {image} capture {capture}", &id[..12]);
+            for f in &filesystems {
+                println!(
+                    "  {:<20} {:>10} in {} files, {} new, {:?}",
+                    f.path,
+                    size(f.bytes),
+                    f.files,
+                    size(f.added_bytes),
+                    f.consistency
+                );
+            }
+            for w in &warnings {
+                println!("  warning: {w}");
+            }
+            Ok(())
+        }
+        other => Err(failure(&id, other)),
+    }
+}
+
+/// Options of `ferry restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreOptions {
+    /// Image name.
+    #[arg(long)]
+    pub image: String,
+    /// A capture id (default: the latest).
+    #[arg(long)]
+    pub capture: Option<String>,
+    /// The filesystem's path in the image, e.g. `/`.
+    #[arg(long)]
+    pub fs: String,
+    /// The directory to restore into, on the agent's machine.
+    #[arg(long)]
+    pub to: String,
+    /// Restore over what is in the directory already.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the restore to finish.
+    #[arg(long, default_value_t = 86400.0)]
+    pub timeout: f64,
+}
+
+/// `ferry restore AGENT --image NAME --fs PATH --to DIR`.
+pub async fn restore(config: &ManagerConfig, id: &str, opts: &RestoreOptions) -> Result<()> {
+    let (id, reply) = run_on_agent(
+        config,
+        id,
+        |library| Action::Restore {
+            image: opts.image.clone(),
+            library,
+            capture: opts.capture.clone(),
+            fs: opts.fs.clone(),
+            to: opts.to.clone(),
+            overwrite: opts.overwrite,
+        },
+        opts.timeout,
+    )
+    .await?;
+    match reply.body {
+        MessageBody::Restored {
+            image,
+            capture,
+            fs,
+            to,
+            report,
+        } => {
+            if opts.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"agent": id, "image": image, "capture": capture,
+                        "fs": fs, "to": to, "report": report})
+                );
+            } else {
+                println!(
+                    "{}: restored {fs} of image {image} (capture {capture}) into {to}: {} files ({}), {} directories, {} hardlinks, {} symlinks, {} special files",
+                    &id[..12],
+                    report.files,
+                    size(report.bytes),
+                    report.dirs,
+                    report.hardlinks,
+                    report.symlinks,
+                    report.specials
+                );
+            }
+            Ok(())
+        }
+        other => Err(failure(&id, other)),
+    }
+}
+
+/// `ferry images`.
+pub fn images(config: &ManagerConfig, json: bool) -> Result<()> {
+    let lib = open(config)?;
+    if !lib.exists()? {
+        if json {
+            println!("[]");
+        } else {
+            println!("no images yet (the library is made by the first `ferry capture`)");
+        }
+        return Ok(());
+    }
+    ferry_agent::library::images(&lib, json)
+}
+
+/// `ferry image show NAME`: the image's captures and its latest (or given) manifest.
+pub fn show(config: &ManagerConfig, image: &str, capture: Option<&str>, json: bool) -> Result<()> {
+    let lib = open(config)?;
+    let manifest = lib.manifest(image, capture)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        return Ok(());
+    }
+    let summary = lib.images()?.into_iter().find(|i| i.name == image);
+    println!(
+        "image {image}: host {}, capture {} ({} – {})",
+        manifest.hostname, manifest.capture, manifest.started, manifest.finished
+    );
+    for f in &manifest.filesystems {
+        println!(
+            "  {:<20} {:<6} {:>10} in {} files, {:?}, snapshot {}",
+            f.path,
+            f.fstype.as_deref().unwrap_or("?"),
+            size(f.bytes),
+            f.files,
+            f.consistency,
+            &f.snapshot[..8.min(f.snapshot.len())]
+        );
+    }
+    for w in &manifest.warnings {
+        println!("  warning: {w}");
+    }
+    if let Some(s) = summary {
+        println!("captures (oldest first):");
+        for (id, at) in s.captures {
+            println!("  {id}  {at}");
+        }
+    }
+    Ok(())
+}
+
+/// `ferry image rm NAME [--capture ID]`: forgets the captures and frees their data.
+pub fn remove(config: &ManagerConfig, image: &str, capture: Option<&str>) -> Result<()> {
+    let lib = open(config)?;
+    let n = lib.remove(image, capture)?;
+    match capture {
+        Some(c) => println!("removed capture {c} of image {image} ({n} snapshots)"),
+        None => println!("removed image {image} ({n} snapshots)"),
+    }
+    Ok(())
+}
+
+/// `ferry image check NAME`: verifies the image's structure and, with `read_data`,
+/// every byte of its packs. Fails naming the damage.
+pub fn check(config: &ManagerConfig, image: &str, read_data: bool, json: bool) -> Result<()> {
+    let lib = open(config)?;
+    let report = lib.check(Some(image), read_data)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+    }
+    if !report.errors.is_empty() {
+        bail!(
+            "image {image} is damaged: {} error(s); the first: {}",
+            report.errors.len(),
+            report.errors[0]
+        );
+    }
+    if !json {
+        println!(
+            "image {image}: {} snapshot(s) checked{}, no errors",
+            report.snapshots,
+            if read_data { ", all data read" } else { "" }
+        );
+    }
+    Ok(())
+}
