@@ -114,6 +114,11 @@ impl LibraryArgs {
     }
 }
 
+/// In the static musl build, mimalloc serves Rust and C allocations (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     if std::process::id() == 1 {
         ferry_agent::ramdisk::init();

@@ -5,7 +5,8 @@
 //! calls; the stores are async. Each call runs on the library's runtime through its
 //! handle, so it must never be made from a thread of that runtime.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ferry_mailbox::store::{Store, StoreError};
@@ -19,6 +20,38 @@ pub struct StoreBackend {
     /// Empty, or a folder path ending in `/`.
     prefix: String,
     rt: Handle,
+    /// Whole packs rustic marks cacheable (tree packs), so that walking a snapshot's
+    /// trees costs one read per pack, not one per directory.
+    packs: Mutex<PackCache>,
+}
+
+/// Most bytes of cacheable packs kept in memory.
+const PACK_CACHE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Default)]
+struct PackCache {
+    packs: HashMap<Id, Bytes>,
+    order: VecDeque<Id>,
+    bytes: usize,
+}
+
+impl PackCache {
+    fn insert(&mut self, id: Id, pack: Bytes) {
+        if pack.len() > PACK_CACHE_BYTES || self.packs.contains_key(&id) {
+            return;
+        }
+        while self.bytes + pack.len() > PACK_CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.packs.remove(&old) {
+                self.bytes -= b.len();
+            }
+        }
+        self.bytes += pack.len();
+        self.order.push_back(id);
+        self.packs.insert(id, pack);
+    }
 }
 
 type Result<T> = rustic_core::RusticResult<T>;
@@ -34,7 +67,12 @@ impl StoreBackend {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        StoreBackend { store, prefix, rt }
+        StoreBackend {
+            store,
+            prefix,
+            rt,
+            packs: Mutex::default(),
+        }
     }
 
     /// The store key of a repository file.
@@ -114,11 +152,39 @@ impl ReadBackend for StoreBackend {
         &self,
         tpe: FileType,
         id: &Id,
-        _cacheable: bool,
+        cacheable: bool,
         offset: u32,
         length: u32,
     ) -> Result<Bytes> {
         let key = self.key(tpe, id);
+        if cacheable && tpe == FileType::Pack {
+            let cached = self
+                .packs
+                .lock()
+                .ok()
+                .and_then(|c| c.packs.get(id).cloned());
+            let pack = match cached {
+                Some(p) => p,
+                None => {
+                    let p = self.read_full(tpe, id)?;
+                    if let Ok(mut c) = self.packs.lock() {
+                        c.insert(*id, p.clone());
+                    }
+                    p
+                }
+            };
+            let (start, end) = (offset as usize, offset as usize + length as usize);
+            if end > pack.len() {
+                return Err(RusticError::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "{key} is truncated: {} bytes, {length} wanted at {offset}",
+                        pack.len()
+                    ),
+                ));
+            }
+            return Ok(pack.slice(start..end));
+        }
         let got = self
             .rt
             .block_on(self.store.get_range(&key, offset.into(), length.into()));

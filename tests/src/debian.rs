@@ -1,7 +1,7 @@
 //! A Debian 12 "source server" disk for the QEMU suites: debootstrap, a GPT disk with a
 //! BIOS boot partition and an ext4 root, GRUB, static networking with a VLAN (ifupdown),
 //! nginx, and two services: one that builds RAID1 + LVM + xfs + ext4 on the second and
-//! third disks at boot (the host kernel has no md or device-mapper, so the guest does
+//! third disks at boot and copies `/usr/share/doc` and `/usr/share/zoneinfo` onto them (the host kernel has no md or device-mapper, so the guest does
 //! it), one that runs the Ferry agent from a CD the test makes (so one cached disk
 //! serves every test, whatever its manager keys; QEMU's fw_cfg reads a 7 MB file far
 //! too slowly on TCG).
@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Version of the disk recipe (part of the cached file's name).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Packages installed by debootstrap.
 pub const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,iproute2,ifupdown,vlan,mdadm,lvm2,xfsprogs,nginx-light,procps";
 /// The root filesystem's UUID.
@@ -79,7 +79,10 @@ const FILES: &[(&str, u32, &str)] = &[
          fi\n\
          mkdir -p /srv/web /srv/logs\n\
          grep -q /srv/web /etc/fstab || printf 'LABEL=web /srv/web xfs defaults,noatime 0 2\\nLABEL=logs /srv/logs ext4 defaults 0 2\\n' >> /etc/fstab\n\
-         mount -a\n",
+         mount -a\n\
+         # Known content on the volumes, for capture tests: copies of files of the root.\n\
+         [ -e /srv/logs/doc ] || cp -a /usr/share/doc /srv/logs/doc\n\
+         [ -e /srv/web/zoneinfo ] || cp -a /usr/share/zoneinfo /srv/web/zoneinfo\n",
     ),
     (
         "/etc/systemd/system/ferry-storage.service",

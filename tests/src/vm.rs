@@ -191,7 +191,8 @@ impl Qemu {
 pub struct Manager {
     /// Its data folder.
     pub data: PathBuf,
-    config: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
     serve: Option<Proc>,
     netns: Option<String>,
     /// Base URL of the boot server as guests see it.

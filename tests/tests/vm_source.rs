@@ -2,8 +2,10 @@
 //! static addresses by ifupdown), three disks (a GPT system disk; RAID1 over the other
 //! two, LVM on the array, xfs and ext4 on its volumes), nginx running — surveyed by an
 //! installed Ferry agent (from a CD): every one of those facts must appear in `ferry agent show
-//! --json`. Then the same machine boots the Ferry ramdisk, whose agent must report the
-//! same hardware.
+//! --json`. The running server is then captured through its mailbox (`ferry capture`):
+//! both volumes on LVM are read from LVM snapshots that are gone afterwards, and one of
+//! them restored on the host matches what the guest put on it. Then the same machine
+//! boots the Ferry ramdisk, whose agent must report the same hardware.
 
 use std::path::Path;
 use std::time::Duration;
@@ -124,7 +126,7 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     args.push("-cdrom".into());
     args.push(cd.to_string_lossy().into());
     let mut vm = Qemu::start(work.path(), &console, &args, None)?;
-    let (_, src) = wait_agent(&m, &mut vm, "installed", Duration::from_secs(420), |s| {
+    let (src_id, src) = wait_agent(&m, &mut vm, "installed", Duration::from_secs(420), |s| {
         !s.os.storage.md_arrays.is_empty()
             && s.os
                 .storage
@@ -134,8 +136,9 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
             && s.apps.listening.iter().any(|l| l.port == 80)
     })
     .await?;
-    drop(vm);
     check_source(&src)?;
+    capture_from_lvm_snapshots(&m, &src_id, work.path()).await?;
+    drop(vm);
 
     // 2. The same machine in the Ferry ramdisk.
     let boot = work.path().join("boot");
@@ -188,6 +191,74 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     assert_eq!(rd.validate(), Vec::<String>::new());
     m.ferry(&["poweroff", &id, "--timeout", "120"])?;
     vm.wait_exit(Duration::from_secs(120)).await?;
+    Ok(())
+}
+
+/// Live capture through the mailbox of the two filesystems on LVM: each is read from
+/// an LVM snapshot, the snapshots are gone afterwards, and a volume restored on the
+/// host holds exactly what the guest put on it (a copy of the root's /usr/share/doc).
+async fn capture_from_lvm_snapshots(m: &Manager, id: &str, work: &Path) -> Result<()> {
+    let out = m.ferry(&[
+        "capture",
+        id,
+        "--image",
+        "src",
+        "--path",
+        "/srv/logs",
+        "--path",
+        "/srv/web",
+        "--json",
+        "--timeout",
+        "900",
+    ])?;
+    let v: Value = serde_json::from_str(&out).context("capture --json")?;
+    for path in ["/srv/logs", "/srv/web"] {
+        let fs = v["filesystems"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["path"] == path))
+            .with_context(|| format!("{path} not captured: {v:#}"))?;
+        anyhow::ensure!(fs["consistency"] == "lvm-snapshot", "{path}: {fs:#}");
+        anyhow::ensure!(fs["files"].as_u64() > Some(100), "{path}: {fs:#}");
+    }
+    let survey: Survey = serde_json::from_str(&m.ferry(&["survey", id, "--json"])?)?;
+    let left: Vec<&str> = survey
+        .os
+        .storage
+        .lvm
+        .lvs
+        .iter()
+        .map(|l| l.name.as_str())
+        .filter(|n| n.starts_with("ferry-snap"))
+        .collect();
+    anyhow::ensure!(left.is_empty(), "snapshots left behind: {left:?}");
+
+    let config = ferry_manager::config::ManagerConfig::load(&m.config)?;
+    let to = work.join("restored-logs");
+    std::fs::create_dir_all(&to)?;
+    let target = to.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let lib = ferry_manager::images::open(&config)?;
+        let req = ferry_image::RestoreRequest {
+            image: "src".into(),
+            at: None,
+            fs: "/srv/logs".into(),
+            target,
+            overwrite: false,
+        };
+        ferry_image::restore(&lib, &req, &ferry_image::Meter::silent())
+    })
+    .await??;
+    anyhow::ensure!(report.error_count == 0, "{report:?}");
+    let root = debian::root_tree()?;
+    let diffs: Vec<String> =
+        ferry_tests::fidelity::compare(&root.join("usr/share/doc"), &to.join("doc"))?
+            .into_iter()
+            .filter(|d| !d.contains(": atime "))
+            .collect();
+    anyhow::ensure!(
+        diffs.is_empty(),
+        "restored /srv/logs/doc differs: {diffs:#?}"
+    );
     Ok(())
 }
 
