@@ -26,7 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("xorriso", "/usr/bin/xorriso"),
     ("mtools", "/usr/bin/mcopy"),
     ("grub-common", "/usr/bin/grub-mkrescue"),
-    ("grub-pc-bin", "/usr/lib/grub/i386-pc/eltorito.img"),
+    ("grub-pc-bin", "/usr/lib/grub/i386-pc/cdboot.img"),
     ("grub-efi-amd64-bin", "/usr/lib/grub/x86_64-efi/linux.mod"),
     ("grub2-common", "/usr/sbin/grub-install"),
     ("lvm2", "/usr/sbin/lvm"),
