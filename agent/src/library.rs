@@ -26,12 +26,11 @@ pub fn run_command(
     meter: &Arc<Meter>,
 ) -> Result<MessageBody> {
     let open = |library: &LibraryRef| -> Result<Library> {
-        let mut loc = Location::parse_url(&library.url)?;
-        loc.store.ca_pem = library.ca_pem.clone();
-        if let Some(c) = &secrets.credential {
-            loc.store.access_key = Some(c.access_key.clone());
-            loc.store.secret_key = Some(c.secret_key.clone());
-        }
+        let access = secrets
+            .credential
+            .as_ref()
+            .map(|c| (c.access_key.clone(), c.secret_key.clone()));
+        let loc = Location::with_access(&library.url, library.ca_pem.clone(), access)?;
         Library::connect(&loc, &secrets.password)
     };
     match action {

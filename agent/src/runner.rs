@@ -472,38 +472,31 @@ impl Agent {
                     None,
                 )
             }
-            Action::CheckSecret { name } => {
-                let Some(sealed) = cmd.secrets.get(name) else {
-                    return (
-                        MessageBody::Failed {
-                            action,
-                            code: "no-such-secret".into(),
-                            text: format!("the command carries no secret named {name:?}"),
-                        },
-                        None,
-                    );
-                };
-                match self
-                    .keys
-                    .open(sealed, &secret_context(&self.id, &cmd.command_id, name))
-                {
-                    Ok(plain) => (
-                        MessageBody::Done {
-                            action,
-                            detail: blake3::hash(&plain).to_hex().to_string(),
-                        },
-                        None,
-                    ),
-                    Err(e) => (
-                        MessageBody::Failed {
-                            action,
-                            code: Refusal::BadSecret.code().into(),
-                            text: format!("secret {name:?}: {e}"),
-                        },
-                        None,
-                    ),
-                }
-            }
+            Action::CheckSecret { name } => match self.open_secret(cmd, name) {
+                Ok(Some(plain)) => (
+                    MessageBody::Done {
+                        action,
+                        detail: blake3::hash(&plain).to_hex().to_string(),
+                    },
+                    None,
+                ),
+                Ok(None) => (
+                    MessageBody::Failed {
+                        action,
+                        code: "no-such-secret".into(),
+                        text: format!("the command carries no secret named {name:?}"),
+                    },
+                    None,
+                ),
+                Err(text) => (
+                    MessageBody::Failed {
+                        action,
+                        code: Refusal::BadSecret.code().into(),
+                        text,
+                    },
+                    None,
+                ),
+            },
             Action::Survey => {
                 self.resurvey(Duration::ZERO).await;
                 // The status carries the survey; it is stored before the answer so

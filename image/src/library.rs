@@ -49,6 +49,21 @@ impl Location {
         Ok(loc)
     }
 
+    /// Reads a location from `url`, with the store's CA and credential given.
+    pub fn with_access(
+        url: &str,
+        ca_pem: Option<String>,
+        access: Option<(String, String)>,
+    ) -> Result<Location> {
+        let mut loc = Location::parse_url(url)?;
+        loc.store.ca_pem = ca_pem;
+        if let Some((key, secret)) = access {
+            loc.store.access_key = Some(key);
+            loc.store.secret_key = Some(secret);
+        }
+        Ok(loc)
+    }
+
     /// Reads a location without looking at the environment.
     pub fn parse_url(text: &str) -> Result<Location> {
         let store = |url: String| StoreConfig {

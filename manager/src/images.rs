@@ -39,12 +39,11 @@ fn password(lib: &LibraryConfig) -> Result<String> {
 /// Opens the library as the manager reaches it. Blocking: call it off the runtime.
 pub fn open(config: &ManagerConfig) -> Result<Library> {
     let lib = library_config(config)?;
-    let mut loc = Location::parse_url(&lib.url)?;
-    loc.store.ca_pem = lib.ca_pem.clone();
-    if let Some(c) = &lib.credential {
-        loc.store.access_key = Some(c.access_key.clone());
-        loc.store.secret_key = Some(c.secret_key.clone());
-    }
+    let access = lib
+        .credential
+        .as_ref()
+        .map(|c| (c.access_key.clone(), c.secret_key.clone()));
+    let loc = Location::with_access(&lib.url, lib.ca_pem.clone(), access)?;
     Library::connect(&loc, &password(lib)?)
 }
 
@@ -125,26 +124,15 @@ async fn run_on_agent(
             && let Some(status) = v.status
             && let Some(p) = status.progress
         {
-            let mut line = format!(
-                "{}: {} {}",
-                status.phase,
-                status.step.unwrap_or_default(),
-                size(p.done)
-            );
-            if p.total > 0 {
-                line += &format!(
-                    " of {} ({}%)",
-                    size(p.total),
-                    p.done.min(p.total) * 100 / p.total
-                );
+            let line = ferry_image::Report {
+                phase: format!("{} {}", status.phase, status.step.unwrap_or_default()),
+                bytes: p.done,
+                bytes_total: (p.total > 0).then_some(p.total),
+                files: p.files.unwrap_or(0),
+                rate: p.rate,
+                eta_secs: p.eta_secs,
             }
-            if let Some(f) = p.files {
-                line += &format!(", {f} files");
-            }
-            line += &format!(", {}/s", size(p.rate));
-            if let Some(eta) = p.eta_secs {
-                line += &format!(", {eta} s left");
-            }
+            .line();
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
         }
