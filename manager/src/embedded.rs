@@ -427,13 +427,15 @@ impl S3 for Backend {
                     prefix: Some(key.clone()),
                 });
             } else {
-                let size = std::fs::metadata(self.store.root().join(key))
-                    .map(|m| m.len() as i64)
-                    .unwrap_or(0);
+                // An object deleted since the walk is left out: a listing
+                // must never carry an entry without size and time.
+                let Ok(meta) = std::fs::metadata(self.store.root().join(key)) else {
+                    continue;
+                };
                 contents.push(dto::Object {
                     key: Some(key.clone()),
-                    size: Some(size),
-                    last_modified: modified(self.store.root(), key),
+                    size: Some(meta.len() as i64),
+                    last_modified: meta.modified().ok().map(Timestamp::from),
                     ..Default::default()
                 });
             }
@@ -443,7 +445,7 @@ impl S3 for Backend {
             prefix: input.prefix,
             delimiter: input.delimiter,
             max_keys: Some(max as i32),
-            key_count: Some(page.len() as i32),
+            key_count: Some((contents.len() + prefixes.len()) as i32),
             is_truncated: Some(truncated),
             next_continuation_token: truncated
                 .then(|| page.last().map(|(k, _)| k.clone()))
@@ -456,11 +458,13 @@ impl S3 for Backend {
     }
 }
 
+/// The object's time; an object deleted since it was read gets the present
+/// time, since clients refuse an answer without one.
 fn modified(root: &Path, key: &str) -> Option<Timestamp> {
-    std::fs::metadata(root.join(key))
+    let time = std::fs::metadata(root.join(key))
         .and_then(|m| m.modified())
-        .ok()
-        .map(Timestamp::from)
+        .unwrap_or_else(|_| std::time::SystemTime::now());
+    Some(Timestamp::from(time))
 }
 
 fn tls_acceptor(config: &EmbeddedConfig) -> Result<TlsAcceptor> {

@@ -166,6 +166,9 @@ impl Store for FolderStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
                 Err(e) => return Err(e),
             };
+            // An entry deleted while the folder is read is left out, as if
+            // the listing had been taken a moment later.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             for entry in entries {
                 let entry = entry?;
                 let Ok(name) = entry.file_name().into_string() else {
@@ -174,14 +177,58 @@ impl Store for FolderStore {
                 if name.starts_with(TMP_PREFIX) {
                     continue;
                 }
-                if entry.file_type()?.is_dir() {
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                if meta.is_dir() {
                     folders.push(name);
                 } else {
-                    objects.push((name, entry.metadata()?.len()));
+                    objects.push((name, meta.len()));
                 }
             }
             Ok(Listing::new(objects, folders))
         });
         read.await.map_err(|e| self.err("list", prefix, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Objects come and go while another party lists the folder (a replica
+    /// deleting answered messages): the listing must not fail on them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listing_survives_objects_deleted_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(dir.path()).unwrap();
+        let folder = dir.path().join("box");
+        std::fs::create_dir_all(&folder).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (stop, folder) = (stop.clone(), folder.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = folder.join(format!("m{}", n % 2000));
+                    if (n / 2000).is_multiple_of(2) {
+                        std::fs::write(&path, b"x").unwrap();
+                    } else {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    n += 1;
+                }
+            })
+        };
+        for _ in 0..200 {
+            let listing = store.list("box/").await;
+            assert!(listing.is_ok(), "listing failed: {listing:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
     }
 }
