@@ -3,17 +3,20 @@
 //!
 //! For each path: when it is a mount point on an LVM logical volume whose volume
 //! group has room, an LVM snapshot is taken and mounted read-only under
-//! `/run/ferry/snap`; on btrfs, a read-only btrfs snapshot; otherwise the mount is
-//! read live and the manifest says so. Kernel and network filesystems are refused.
+//! `/run/ferry/snap`; on btrfs, a read-only btrfs snapshot; otherwise, when asked,
+//! the filesystem is frozen while it is read (at most for a bound), or else read
+//! live and the manifest says so. Kernel and network filesystems are refused.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use ferry_image::FsSource;
+use ferry_image::{FsSource, Hold};
 use ferry_model::image::Consistency;
 
-use crate::survey::Host;
 use crate::survey::storage::{Mount, mountinfo};
+use crate::survey::{Host, RunTool};
 
 /// Filesystem types never captured: kernel views, memory and network filesystems.
 const NOT_CAPTURED: [&str; 22] = [
@@ -216,9 +219,104 @@ pub fn default_paths(host: &Host) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// How the filesystems are read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Read live: take no snapshot, freeze nothing.
+    pub live: bool,
+    /// Where no snapshot can be taken, freeze the filesystem (`fsfreeze`) while it
+    /// is read, for at most this long; writers wait meanwhile.
+    pub freeze: Option<Duration>,
+    /// Paths that must stay writable during the capture (the agent's temporary and
+    /// state folders, a library folder): their filesystems are never frozen.
+    pub keep_writable: Vec<PathBuf>,
+}
+
+/// Why the filesystem mounted at `mount` is not frozen; `None`: it may be.
+fn not_freezable(opts: &ReadOptions, mounts: &[Mount], mount: &Mount) -> Option<String> {
+    opts.freeze?;
+    if mount.point == "/" {
+        return Some("the root filesystem is never frozen, the system needs it".into());
+    }
+    opts.keep_writable
+        .iter()
+        .find(|p| mount_of(mounts, p).is_some_and(|m| m.point == mount.point))
+        .map(|p| format!("it holds {}, which must stay writable", p.display()))
+}
+
+/// `fsfreeze` of one mounted filesystem exactly while it is read. A watchdog process,
+/// started first and in its own session, thaws it at the bound even if the agent
+/// dies meanwhile; a thaw that finds the filesystem already thawed means the
+/// watchdog came first and the rest of the tree was read live.
+pub struct Freeze {
+    point: String,
+    bound: Duration,
+    run: Arc<RunTool>,
+    watchdog: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Freeze {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Freeze({}, {:?})", self.point, self.bound)
+    }
+}
+
+impl Freeze {
+    fn seconds(&self) -> u64 {
+        self.bound.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+impl Hold for Freeze {
+    fn begin(&self) -> Result<()> {
+        let script = format!(
+            "setsid sh -c 'sleep {}; exec fsfreeze -u \"$0\"' \"$0\" </dev/null >/dev/null 2>&1 & echo $!",
+            self.seconds()
+        );
+        let pid = (self.run)("sh", &["-c", &script, &self.point])
+            .map_err(|e| anyhow!("not frozen, the thaw watchdog did not start ({e})"))?
+            .trim()
+            .to_string();
+        if let Err(e) = (self.run)("fsfreeze", &["-f", &self.point]) {
+            stop_watchdog(self.run.as_ref(), &pid);
+            bail!("not frozen ({e})");
+        }
+        tracing::info!("{} frozen for at most {} s", self.point, self.seconds());
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+        Ok(())
+    }
+
+    fn end(&self) -> Option<String> {
+        let pid = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        match (self.run)("fsfreeze", &["-u", &self.point]) {
+            Ok(_) => {
+                stop_watchdog(self.run.as_ref(), &pid);
+                tracing::info!("{} thawed", self.point);
+                None
+            }
+            Err(_) => Some(format!(
+                "frozen only for its first {} s (the freeze bound), then thawed and read live",
+                self.seconds()
+            )),
+        }
+    }
+}
+
+/// Ends the watchdog's session: its shell and its `sleep`.
+fn stop_watchdog(run: &RunTool, pid: &str) {
+    if let Err(e) = run("sh", &["-c", "kill -TERM -\"$0\"", pid]) {
+        tracing::warn!("could not stop the thaw watchdog (process group {pid}): {e}");
+    }
+}
+
 /// Plans the capture of `paths` (mount points or directories) on `host`, taking the
-/// snapshots it needs. `live` skips snapshots.
-pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h>> {
+/// snapshots it needs.
+pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], opts: &ReadOptions) -> Result<Plan<'h>> {
+    let live = opts.live;
     let mounts = mountinfo(
         &host
             .read_raw("/proc/self/mountinfo")
@@ -252,6 +350,7 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h
             read_from: path.clone(),
             consistency: Consistency::Live,
             fstype: Some(mount.fstype.clone()),
+            hold: None,
         };
         let is_mount_point = Path::new(&mount.point) == path.as_path();
         if live {
@@ -263,7 +362,11 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h
                 "{shown} is a directory of {}, not a mount point: read live",
                 mount.point
             ));
-        } else if let Some(lv) = lv_of(host, &mount.dev) {
+            plan.sources.push(source);
+            continue;
+        }
+        // Why no snapshot could be taken.
+        let no_snapshot = if let Some(lv) = lv_of(host, &mount.dev) {
             match snapshot_size(&lv) {
                 Some(size) => {
                     let taken = lvm_snapshot(host, &lv, size, n, &mount.fstype)?;
@@ -272,9 +375,10 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h
                     }
                     plan.taken.push(taken);
                     source.consistency = Consistency::LvmSnapshot;
+                    None
                 }
-                None => plan.warnings.push(format!(
-                    "{shown}: volume group of {} has no room for a snapshot (64 MiB needed): read live",
+                None => Some(format!(
+                    "volume group of {} has no room for a snapshot (64 MiB needed)",
                     lv.name
                 )),
             }
@@ -288,16 +392,32 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], live: bool) -> Result<Plan<'h
                     });
                     source.read_from = snap;
                     source.consistency = Consistency::BtrfsSnapshot;
+                    None
                 }
-                Err(e) => plan
-                    .warnings
-                    .push(format!("{shown}: btrfs snapshot failed ({e}): read live")),
+                Err(e) => Some(format!("btrfs snapshot failed ({e})")),
             }
         } else {
-            plan.warnings.push(format!(
-                "{shown}: {} on {} cannot be snapshotted: read live",
+            Some(format!(
+                "{} on {} cannot be snapshotted",
                 mount.fstype, mount.dev
-            ));
+            ))
+        };
+        if let Some(why) = no_snapshot {
+            match (opts.freeze, not_freezable(opts, &mounts, mount)) {
+                (Some(bound), None) => {
+                    source.hold = Some(Arc::new(Freeze {
+                        point: mount.point.clone(),
+                        bound,
+                        run: host.runner(),
+                        watchdog: Mutex::new(None),
+                    }));
+                    source.consistency = Consistency::Frozen;
+                }
+                (_, Some(not)) => plan
+                    .warnings
+                    .push(format!("{shown}: {why}, and not frozen: {not}: read live")),
+                (None, None) => plan.warnings.push(format!("{shown}: {why}: read live")),
+            }
         }
         plan.sources.push(source);
     }
@@ -382,7 +502,12 @@ mod tests {
         let host = fake(r, log.clone());
         let pid = std::process::id();
         {
-            let p = plan(&host, &[PathBuf::from("/"), PathBuf::from("/boot")], false).unwrap();
+            let p = plan(
+                &host,
+                &[PathBuf::from("/"), PathBuf::from("/boot")],
+                &ReadOptions::default(),
+            )
+            .unwrap();
             assert_eq!(p.sources[0].consistency, Consistency::LvmSnapshot);
             assert_eq!(
                 p.sources[0].read_from,
@@ -408,7 +533,11 @@ mod tests {
             ]
         );
         // Kernel filesystems are refused, with the reason.
-        let e = plan(&host, &[PathBuf::from("/proc")], true).err().unwrap();
+        let live = ReadOptions {
+            live: true,
+            ..Default::default()
+        };
+        let e = plan(&host, &[PathBuf::from("/proc")], &live).err().unwrap();
         assert!(
             e.to_string()
                 .contains("proc filesystem, which is never captured"),
@@ -440,6 +569,105 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// Root on a partition, /srv (xfs) and the agent's state on their own disks.
+    const MOUNTS_PLAIN: &str = "22 1 8:1 / / rw - ext4 /dev/vda1 rw\n\
+         23 22 8:16 / /srv rw - xfs /dev/vdb rw\n\
+         24 22 8:32 / /var/lib/ferry-agent rw - ext4 /dev/vdc rw\n";
+
+    /// A host answering `sh` with a watchdog pid and failing the `fsfreeze` calls
+    /// listed in `failing`, recording every call.
+    fn freezer(dir: &Path, log: Arc<Mutex<Vec<String>>>, failing: &'static [&'static str]) -> Host {
+        Host::new(
+            dir,
+            Box::new(move |name, args| {
+                let call = format!("{name} {}", args.join(" "));
+                log.lock().unwrap().push(call.clone());
+                if failing.iter().any(|f| call.starts_with(f)) {
+                    return Err(format!("{call}: Invalid argument"));
+                }
+                Ok(if name == "sh" {
+                    "4242\n".into()
+                } else {
+                    String::new()
+                })
+            }),
+        )
+    }
+
+    #[test]
+    fn without_a_snapshot_a_filesystem_is_frozen_exactly_while_read_and_thawed_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), "/proc/self/mountinfo", MOUNTS_PLAIN);
+        let opts = ReadOptions {
+            live: false,
+            freeze: Some(Duration::from_secs(30)),
+            keep_writable: vec![PathBuf::from("/var/lib/ferry-agent")],
+        };
+        let paths = ["/", "/srv", "/var/lib/ferry-agent"].map(PathBuf::from);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let host = freezer(dir.path(), log.clone(), &[]);
+        let p = plan(&host, &paths, &opts).unwrap();
+        let kinds: Vec<_> = p.sources.iter().map(|s| s.consistency).collect();
+        use Consistency::{Frozen, Live};
+        assert_eq!(kinds, [Live, Frozen, Live]);
+        assert!(p.warnings[0].contains("/: ext4 on 8:1 cannot be snapshotted, and not frozen: the root filesystem is never frozen"), "{:?}", p.warnings);
+        assert!(
+            p.warnings[1].contains("it holds /var/lib/ferry-agent, which must stay writable"),
+            "{:?}",
+            p.warnings
+        );
+        assert!(
+            log.lock().unwrap().iter().all(|c| !c.contains("fsfreeze")),
+            "nothing frozen before the read"
+        );
+        let hold = p.sources[1].hold.clone().expect("a freeze");
+        hold.begin().unwrap();
+        assert_eq!(hold.end(), None, "thawed by the agent: frozen all along");
+        let calls: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.starts_with("lvs"))
+            .cloned()
+            .collect();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert!(
+            calls[0].starts_with("sh -c setsid sh -c 'sleep 30; exec fsfreeze -u \"$0\"'")
+                && calls[0].ends_with(" /srv"),
+            "{calls:?}"
+        );
+        assert_eq!(
+            calls[1..],
+            [
+                "fsfreeze -f /srv",
+                "fsfreeze -u /srv",
+                "sh -c kill -TERM -\"$0\" 4242"
+            ]
+        );
+
+        // The watchdog came first: the thaw finds nothing frozen, the tree was read
+        // live after the bound, and the watchdog (gone) is not signalled.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let host = freezer(dir.path(), log.clone(), &["fsfreeze -u"]);
+        let p = plan(&host, &paths[1..2], &opts).unwrap();
+        let hold = p.sources[0].hold.clone().unwrap();
+        hold.begin().unwrap();
+        let why = hold.end().expect("read partly live");
+        assert!(why.contains("frozen only for its first 30 s"), "{why}");
+        assert!(!log.lock().unwrap().iter().any(|c| c.contains("kill")));
+
+        // A filesystem that cannot be frozen is read live; the watchdog is stopped.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let host = freezer(dir.path(), log.clone(), &["fsfreeze -f"]);
+        let p = plan(&host, &paths[1..2], &opts).unwrap();
+        let e = p.sources[0].hold.clone().unwrap().begin().unwrap_err();
+        assert!(
+            e.to_string().contains("not frozen (fsfreeze -f /srv"),
+            "{e}"
+        );
+        assert!(log.lock().unwrap().last().unwrap().contains("kill -TERM"));
     }
 
     #[test]

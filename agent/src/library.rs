@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use ferry_image::{CaptureRequest, Library, Location, Meter, RestoreRequest};
 use ferry_model::protocol::{Action, LibraryRef, MessageBody};
 
+use crate::capture::ReadOptions;
 use crate::runner::LibrarySecrets;
 
 /// Opens the library at `location` with the password in `password_file`.
@@ -19,10 +20,31 @@ pub fn connect(location: &str, password_file: &Path) -> Result<Library> {
     Library::connect(&Location::parse(location)?, password)
 }
 
+/// How to read filesystems for a capture into `lib`: `freeze` is the bound in
+/// seconds, and the filesystems of `keep_writable`, of the temporary folder and of
+/// a library folder are never frozen.
+pub fn read_options(
+    lib: &Library,
+    live: bool,
+    freeze: Option<u32>,
+    keep_writable: &[PathBuf],
+) -> ReadOptions {
+    let mut keep: Vec<PathBuf> = keep_writable.to_vec();
+    keep.push(std::env::temp_dir());
+    keep.extend(lib.location().folder());
+    ReadOptions {
+        live,
+        freeze: freeze.map(|s| Duration::from_secs(u64::from(s.max(1)))),
+        keep_writable: keep,
+    }
+}
+
 /// Runs a mailbox `capture` or `restore` (on a blocking thread); the answer to send.
+/// `keep_writable`: the agent's own folders, never frozen.
 pub fn run_command(
     action: &Action,
     secrets: &LibrarySecrets,
+    keep_writable: &[PathBuf],
     meter: &Arc<Meter>,
 ) -> Result<MessageBody> {
     let open = |library: &LibraryRef| -> Result<Library> {
@@ -40,6 +62,7 @@ pub fn run_command(
             paths,
             excludes,
             live,
+            freeze,
         } => {
             let lib = open(library)?;
             let host = crate::survey::Host::live();
@@ -48,7 +71,8 @@ pub fn run_command(
             } else {
                 paths.iter().map(PathBuf::from).collect()
             };
-            let manifest = capture_paths(&lib, &host, image, &paths, excludes, *live, meter)?;
+            let opts = read_options(&lib, *live, *freeze, keep_writable);
+            let manifest = capture_paths(&lib, &host, image, &paths, excludes, &opts, meter)?;
             Ok(MessageBody::Captured {
                 image: manifest.image,
                 capture: manifest.capture,
@@ -107,10 +131,10 @@ fn capture_paths(
     image: &str,
     paths: &[PathBuf],
     excludes: &[String],
-    live: bool,
+    opts: &ReadOptions,
     meter: &Arc<Meter>,
 ) -> Result<ferry_model::image::Manifest> {
-    let plan = crate::capture::plan(host, paths, live)?;
+    let plan = crate::capture::plan(host, paths, opts)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
@@ -133,7 +157,7 @@ pub fn capture(
     image: &str,
     paths: &[PathBuf],
     excludes: &[String],
-    live: bool,
+    opts: &ReadOptions,
     init: bool,
     json: bool,
 ) -> Result<()> {
@@ -142,7 +166,7 @@ pub fn capture(
     }
     let host = crate::survey::Host::live();
     let meter = Meter::new(Duration::from_millis(250), None);
-    let manifest = capture_paths(lib, &host, image, paths, excludes, live, &meter)?;
+    let manifest = capture_paths(lib, &host, image, paths, excludes, opts, &meter)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {

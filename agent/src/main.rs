@@ -48,6 +48,11 @@ enum Cmd {
         /// Read the filesystems live, without snapshots.
         #[arg(long)]
         live: bool,
+        /// Where no snapshot can be taken, freeze the filesystem (fsfreeze) while it is
+        /// read, for at most SECONDS; writers wait meanwhile. The root filesystem and
+        /// the ones holding the temporary folder or the library are never frozen.
+        #[arg(long, value_name = "SECONDS", conflicts_with = "live")]
+        freeze: Option<u32>,
         /// Create the library if there is none.
         #[arg(long)]
         init: bool,
@@ -142,11 +147,13 @@ fn main() -> std::process::ExitCode {
             image,
             exclude,
             live,
+            freeze,
             init,
             json,
             paths,
         } => library.connect().and_then(|lib| {
-            ferry_agent::library::capture(&lib, &image, &paths, &exclude, live, init, json)
+            let opts = ferry_agent::library::read_options(&lib, live, freeze, &[]);
+            ferry_agent::library::capture(&lib, &image, &paths, &exclude, &opts, init, json)
         }),
         Cmd::Restore {
             library,

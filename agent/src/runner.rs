@@ -624,8 +624,10 @@ impl Agent {
         );
         let job = {
             let action = cmd.action.clone();
+            // The agent keeps writing its state and spool while it captures.
+            let keep = [self.state_dir.path().to_path_buf()];
             tokio::task::spawn_blocking(move || {
-                crate::library::run_command(&action, &secrets, &meter)
+                crate::library::run_command(&action, &secrets, &keep, &meter)
             })
         };
         tokio::pin!(job);

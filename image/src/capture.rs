@@ -35,6 +35,18 @@ pub struct FsSource {
     pub consistency: Consistency,
     /// Filesystem type, e.g. `ext4`.
     pub fstype: Option<String>,
+    /// Held around the reading of this tree, e.g. a filesystem freeze.
+    pub hold: Option<Arc<dyn Hold>>,
+}
+
+/// Something kept up exactly while one tree is read, such as a filesystem freeze.
+pub trait Hold: Send + Sync + std::fmt::Debug {
+    /// Starts it, right before the tree is read. On an error the tree is read
+    /// without it, live, and the manifest says why.
+    fn begin(&self) -> Result<()>;
+    /// Ends it, right after the tree was read (also when reading failed). `Some`
+    /// says why it did not last the whole read: the tree counts as read live.
+    fn end(&self) -> Option<String>;
 }
 
 /// What to capture and under which name.
@@ -95,25 +107,44 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
     };
     let parents = previous_snapshots(lib, &repo, &req.image)?;
     for fs in &req.filesystems {
-        if fs.consistency == Consistency::Live {
-            manifest.warnings.push(format!(
-                "{} was captured live, without a snapshot or freeze: files written during the capture may be inconsistent",
-                fs.path
-            ));
-        }
         meter.phase(&format!("capture {}", fs.path), None);
         let parent = parents
             .iter()
             .find(|(p, _)| *p == fs.path)
             .map(|(_, id)| id.clone());
-        let (snap, files) = capture_tree(&repo, req, &capture, fs, parent, meter)?;
+        let mut consistency = fs.consistency;
+        let mut why_live = None;
+        let held = fs.hold.as_ref().and_then(|h| match h.begin() {
+            Ok(()) => Some(h),
+            Err(e) => {
+                why_live = Some(format!("{e:#}"));
+                None
+            }
+        });
+        let read = capture_tree(&repo, req, &capture, fs, parent, meter);
+        if let Some(why) = held.and_then(|h| h.end()) {
+            why_live = Some(why);
+        }
+        let (snap, files) = read?;
         meter.finish();
+        if let Some(why) = why_live {
+            consistency = Consistency::Live;
+            manifest.warnings.push(format!(
+                "{}: {why}; files written during the capture may be inconsistent",
+                fs.path
+            ));
+        } else if consistency == Consistency::Live {
+            manifest.warnings.push(format!(
+                "{} was captured live, without a snapshot or freeze: files written during the capture may be inconsistent",
+                fs.path
+            ));
+        }
         let summary = snap.summary.clone().unwrap_or_default();
         manifest.filesystems.push(FsImage {
             path: fs.path.clone(),
             snapshot: snap.id.to_hex().as_str().to_string(),
             fstype: fs.fstype.clone(),
-            consistency: fs.consistency,
+            consistency,
             files: files.max(summary.total_files_processed + summary.total_dirs_processed),
             bytes: summary.total_bytes_processed,
             added_bytes: summary.data_added,

@@ -18,7 +18,7 @@ pub mod library;
 pub mod progress;
 pub mod restore;
 
-pub use capture::{CaptureRequest, FsSource, capture};
+pub use capture::{CaptureRequest, FsSource, Hold, capture};
 pub use ferry_model::image::RestoreReport;
 pub use library::{ImageSummary, Library, Location};
 pub use progress::{Meter, Report};

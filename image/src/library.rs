@@ -1,5 +1,6 @@
 //! A library: where it is, how to open it, and what images it holds.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -62,6 +63,15 @@ impl Location {
             loc.store.secret_key = Some(secret);
         }
         Ok(loc)
+    }
+
+    /// The local folder, for a library in one.
+    pub fn folder(&self) -> Option<PathBuf> {
+        let path = Path::new(self.store.url.strip_prefix("file://")?);
+        Some(match self.prefix.trim_end_matches('/') {
+            "" => path.to_path_buf(),
+            prefix => path.join(prefix),
+        })
     }
 
     /// Reads a location without looking at the environment.

@@ -24,6 +24,7 @@ fn small_tree_round_trips() {
             read_from: src.clone(),
             consistency: Consistency::Live,
             fstype: None,
+            hold: None,
         }],
         hostname: "h".into(),
         ..Default::default()

@@ -166,6 +166,11 @@ pub struct CaptureOptions {
     /// Read the filesystems live, without snapshots.
     #[arg(long)]
     pub live: bool,
+    /// Where no snapshot can be taken, freeze the filesystem (fsfreeze) while it is
+    /// read, for at most SECONDS; writers wait meanwhile. The root filesystem and the
+    /// agent's own folders are never frozen.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "live")]
+    pub freeze: Option<u32>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -197,6 +202,7 @@ pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) ->
             paths: opts.paths.clone(),
             excludes: opts.excludes.clone(),
             live: opts.live,
+            freeze: opts.freeze,
         },
         opts.timeout,
     )

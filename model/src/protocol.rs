@@ -416,6 +416,10 @@ pub enum Action {
         /// Read live, without taking snapshots.
         #[serde(default)]
         live: bool,
+        /// Where no snapshot can be taken, freeze each filesystem while it is read,
+        /// for at most this many seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        freeze: Option<u32>,
     },
     /// Restore one filesystem of an image into a directory on this machine. Secrets
     /// as for [`Action::Capture`].
@@ -726,6 +730,7 @@ mod tests {
                 paths: vec!["/".into(), "/var".into()],
                 excludes: vec!["/var/cache/**".into()],
                 live: false,
+                freeze: Some(60),
             },
             Action::Restore {
                 image: "web".into(),

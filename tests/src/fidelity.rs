@@ -505,3 +505,20 @@ pub fn tool_views(root: &Path) -> Result<Vec<(String, String)>> {
         ("getcap".into(), records(run("getcap", &["-r", "."])?, "\n")),
     ])
 }
+
+/// `files` files of `size` bytes that do not compress or deduplicate.
+pub fn random_tree(root: &Path, files: usize, size: usize) {
+    std::fs::create_dir_all(root).expect("mkdir");
+    for i in 0..files {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        std::fs::write(root.join(format!("f{i:03}")), data).expect("write");
+    }
+}

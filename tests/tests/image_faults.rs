@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry_image::{CaptureRequest, FsSource, Library, Location, Meter, RestoreRequest};
 use ferry_model::image::Consistency;
-use ferry_tests::fidelity::{LoopFs, can_run};
+use ferry_tests::fidelity::{LoopFs, can_run, random_tree};
 use ferry_tests::procs::{Proc, bin};
 use ferry_tests::util::missing;
 
@@ -15,23 +15,6 @@ const PASSWORD: &str = "pw-for-faults";
 
 fn location(dir: &Path) -> Location {
     Location::parse_url(dir.join("library").to_str().expect("utf-8")).expect("location")
-}
-
-/// `files` files of `size` bytes that do not compress or deduplicate.
-fn random_tree(root: &Path, files: usize, size: usize) {
-    std::fs::create_dir_all(root).expect("mkdir");
-    for i in 0..files {
-        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let data: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
-        std::fs::write(root.join(format!("f{i:03}")), data).expect("write");
-    }
 }
 
 fn request(image: &str, from: &Path) -> CaptureRequest {
@@ -42,6 +25,7 @@ fn request(image: &str, from: &Path) -> CaptureRequest {
             read_from: from.to_path_buf(),
             consistency: Consistency::Live,
             fstype: None,
+            hold: None,
         }],
         hostname: "faults".into(),
         ..Default::default()

@@ -17,6 +17,7 @@ pub mod storage;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_model::protocol::Fingerprint;
@@ -29,7 +30,7 @@ pub type RunTool = dyn Fn(&str, &[&str]) -> Result<String, String> + Send + Sync
 pub struct Host {
     /// The root of the filesystem tree read (`/` on a live machine).
     pub root: PathBuf,
-    run: Box<RunTool>,
+    run: Arc<RunTool>,
 }
 
 /// Folders searched for tools, whatever `PATH` the agent was started with.
@@ -65,7 +66,7 @@ impl Host {
     pub fn live() -> Host {
         Host {
             root: PathBuf::from("/"),
-            run: Box::new(run_system_tool),
+            run: Arc::new(run_system_tool),
         }
     }
 
@@ -73,8 +74,13 @@ impl Host {
     pub fn new(root: impl Into<PathBuf>, run: Box<RunTool>) -> Host {
         Host {
             root: root.into(),
-            run,
+            run: Arc::from(run),
         }
+    }
+
+    /// The tool runner, for work that outlives a borrow of this host.
+    pub fn runner(&self) -> Arc<RunTool> {
+        self.run.clone()
     }
 
     /// An absolute path of the surveyed machine, under this host's root.
