@@ -62,8 +62,17 @@ pub fn capturable(fstype: &str) -> bool {
 /// A snapshot to undo: unmount, then remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Taken {
-    Lvm { mount: PathBuf, lv: String },
-    Btrfs { subvolume: PathBuf },
+    Lvm {
+        mount: PathBuf,
+        lv: String,
+    },
+    /// A snapshot read as a device, not mounted.
+    Volume {
+        lv: String,
+    },
+    Btrfs {
+        subvolume: PathBuf,
+    },
 }
 
 /// The trees to read, and the snapshots behind them. Dropping it releases them.
@@ -92,6 +101,11 @@ fn release(host: &Host, t: &Taken) {
                 let _ = host.tool("umount", &["-l", &m]);
             }
             let _ = std::fs::remove_dir(mount);
+            if let Err(e) = host.tool("lvremove", &["-f", lv]) {
+                tracing::error!("could not remove snapshot {lv}: {e}; remove it with lvremove");
+            }
+        }
+        Taken::Volume { lv } => {
             if let Err(e) = host.tool("lvremove", &["-f", lv]) {
                 tracing::error!("could not remove snapshot {lv}: {e}; remove it with lvremove");
             }
@@ -313,9 +327,14 @@ fn stop_watchdog(run: &RunTool, pid: &str) {
     }
 }
 
-/// Plans the capture of `paths` (mount points or directories) on `host`, taking the
-/// snapshots it needs.
-pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], opts: &ReadOptions) -> Result<Plan<'h>> {
+/// Plans the capture of `paths` (mount points or directories) and of the block data
+/// of `raw` devices on `host`, taking the snapshots it needs.
+pub fn plan<'h>(
+    host: &'h Host,
+    paths: &[PathBuf],
+    raw: &[PathBuf],
+    opts: &ReadOptions,
+) -> Result<Plan<'h>> {
     let live = opts.live;
     let mounts = mountinfo(
         &host
@@ -348,9 +367,8 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], opts: &ReadOptions) -> Result
         let mut source = FsSource {
             path: shown.clone(),
             read_from: path.clone(),
-            consistency: Consistency::Live,
             fstype: Some(mount.fstype.clone()),
-            hold: None,
+            ..Default::default()
         };
         let is_mount_point = Path::new(&mount.point) == path.as_path();
         if live {
@@ -421,10 +439,87 @@ pub fn plan<'h>(host: &'h Host, paths: &[PathBuf], opts: &ReadOptions) -> Result
         }
         plan.sources.push(source);
     }
+    for (n, dev) in raw.iter().enumerate() {
+        let source = plan_raw(host, &mounts, dev, paths.len() + n, live, &mut plan)?;
+        plan.sources.push(source);
+    }
     Ok(plan)
 }
 
-fn lvm_snapshot(host: &Host, lv: &Lv, size: u64, n: usize, fstype: &str) -> Result<Taken> {
+/// The block data of `dev`: refused while it is mounted or used by RAID, LVM or
+/// device-mapper; read from an LVM snapshot when it is a logical volume whose
+/// group has room, otherwise live with a warning.
+fn plan_raw(
+    host: &Host,
+    mounts: &[Mount],
+    dev: &Path,
+    n: usize,
+    live: bool,
+    plan: &mut Plan<'_>,
+) -> Result<FsSource> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let shown = dev.display().to_string();
+    if !dev.is_absolute() {
+        bail!("{shown}: give the device's absolute path, e.g. /dev/vg0/data");
+    }
+    let meta = std::fs::metadata(host.path(&shown))
+        .map_err(|e| anyhow!("{shown}: cannot use it as a device ({e})"))?;
+    if !meta.file_type().is_block_device() {
+        bail!("{shown}: not a block device; raw capture reads partitions and volumes");
+    }
+    let majmin = format!(
+        "{}:{}",
+        nix::sys::stat::major(meta.rdev()),
+        nix::sys::stat::minor(meta.rdev())
+    );
+    if let Some(m) = mounts.iter().find(|m| m.dev == majmin) {
+        bail!(
+            "{shown}: mounted at {}; capture its files by that mount point, or unmount it for a raw capture",
+            m.point
+        );
+    }
+    let holders: Vec<String> =
+        std::fs::read_dir(host.path(&format!("/sys/dev/block/{majmin}/holders")))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+    if !holders.is_empty() {
+        bail!(
+            "{shown}: in use by {} (RAID, LVM or device-mapper); capture that device instead",
+            holders.join(", ")
+        );
+    }
+    let mut source = FsSource {
+        path: shown.clone(),
+        read_from: dev.to_path_buf(),
+        raw: true,
+        ..Default::default()
+    };
+    let lv = if live { None } else { lv_of(host, &majmin) };
+    match lv.as_ref().map(|lv| (lv, snapshot_size(lv))) {
+        Some((lv, Some(size))) => {
+            let (snap_lv, _) = lvm_snapshot_volume(host, lv, size, n)?;
+            source.read_from = PathBuf::from(format!("/dev/{snap_lv}"));
+            source.consistency = Consistency::LvmSnapshot;
+            plan.taken.push(Taken::Volume { lv: snap_lv });
+        }
+        Some((lv, None)) => plan.warnings.push(format!(
+            "{shown}: volume group of {} has no room for a snapshot (64 MiB needed): block data read live",
+            lv.name
+        )),
+        None if live => {}
+        None => plan.warnings.push(format!(
+            "{shown}: not a logical volume, no snapshot: block data read live; writes to it meanwhile make the copy inconsistent"
+        )),
+    }
+    Ok(source)
+}
+
+/// Takes an LVM snapshot of `lv` for the `n`th source: `(VG/NAME, NAME)`.
+fn lvm_snapshot_volume(host: &Host, lv: &Lv, size: u64, n: usize) -> Result<(String, String)> {
     let (vg, _) = lv.name.split_once('/').unwrap_or((&lv.name, ""));
     let name = format!("{SNAP_PREFIX}{}-{n}", std::process::id());
     host.tool(
@@ -432,7 +527,11 @@ fn lvm_snapshot(host: &Host, lv: &Lv, size: u64, n: usize, fstype: &str) -> Resu
         &["-s", "-n", &name, "-L", &format!("{size}b"), &lv.name],
     )
     .map_err(|e| anyhow!("snapshot of {}: {e}", lv.name))?;
-    let snap_lv = format!("{vg}/{name}");
+    Ok((format!("{vg}/{name}"), name))
+}
+
+fn lvm_snapshot(host: &Host, lv: &Lv, size: u64, n: usize, fstype: &str) -> Result<Taken> {
+    let (snap_lv, name) = lvm_snapshot_volume(host, lv, size, n)?;
     let mount = PathBuf::from(SNAP_DIR).join(&name);
     let undo = Taken::Lvm {
         mount: mount.clone(),
@@ -475,21 +574,32 @@ mod tests {
          23 22 0:21 / /proc rw - proc proc rw\n\
          24 22 8:1 / /boot rw - ext4 /dev/vda1 rw\n";
 
-    /// A host whose root is a temp tree, recording every tool call.
-    fn fake(dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Host {
+    /// A host whose root is `dir`, recording every tool call in `log` and answering
+    /// with `reply(tool, call)`.
+    fn recorder(
+        dir: &Path,
+        log: Arc<Mutex<Vec<String>>>,
+        reply: impl Fn(&str, &str) -> Result<String, String> + Send + Sync + 'static,
+    ) -> Host {
         Host::new(
             dir,
             Box::new(move |name, args| {
-                log.lock()
-                    .unwrap()
-                    .push(format!("{name} {}", args.join(" ")));
-                Ok(if name == "lvs" {
-                    LVS.to_string()
-                } else {
-                    String::new()
-                })
+                let call = format!("{name} {}", args.join(" "));
+                log.lock().unwrap().push(call.clone());
+                reply(name, &call)
             }),
         )
+    }
+
+    /// A host whose root is a temp tree, recording every tool call.
+    fn fake(dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Host {
+        recorder(dir, log, |name, _| {
+            Ok(if name == "lvs" {
+                LVS.to_string()
+            } else {
+                String::new()
+            })
+        })
     }
 
     #[test]
@@ -505,6 +615,7 @@ mod tests {
             let p = plan(
                 &host,
                 &[PathBuf::from("/"), PathBuf::from("/boot")],
+                &[],
                 &ReadOptions::default(),
             )
             .unwrap();
@@ -537,7 +648,9 @@ mod tests {
             live: true,
             ..Default::default()
         };
-        let e = plan(&host, &[PathBuf::from("/proc")], &live).err().unwrap();
+        let e = plan(&host, &[PathBuf::from("/proc")], &[], &live)
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("proc filesystem, which is never captured"),
@@ -579,21 +692,16 @@ mod tests {
     /// A host answering `sh` with a watchdog pid and failing the `fsfreeze` calls
     /// listed in `failing`, recording every call.
     fn freezer(dir: &Path, log: Arc<Mutex<Vec<String>>>, failing: &'static [&'static str]) -> Host {
-        Host::new(
-            dir,
-            Box::new(move |name, args| {
-                let call = format!("{name} {}", args.join(" "));
-                log.lock().unwrap().push(call.clone());
-                if failing.iter().any(|f| call.starts_with(f)) {
-                    return Err(format!("{call}: Invalid argument"));
-                }
-                Ok(if name == "sh" {
-                    "4242\n".into()
-                } else {
-                    String::new()
-                })
-            }),
-        )
+        recorder(dir, log, move |name, call| {
+            if failing.iter().any(|f| call.starts_with(f)) {
+                return Err(format!("{call}: Invalid argument"));
+            }
+            Ok(if name == "sh" {
+                "4242\n".into()
+            } else {
+                String::new()
+            })
+        })
     }
 
     #[test]
@@ -608,7 +716,7 @@ mod tests {
         let paths = ["/", "/srv", "/var/lib/ferry-agent"].map(PathBuf::from);
         let log = Arc::new(Mutex::new(Vec::new()));
         let host = freezer(dir.path(), log.clone(), &[]);
-        let p = plan(&host, &paths, &opts).unwrap();
+        let p = plan(&host, &paths, &[], &opts).unwrap();
         let kinds: Vec<_> = p.sources.iter().map(|s| s.consistency).collect();
         use Consistency::{Frozen, Live};
         assert_eq!(kinds, [Live, Frozen, Live]);
@@ -651,7 +759,7 @@ mod tests {
         // live after the bound, and the watchdog (gone) is not signalled.
         let log = Arc::new(Mutex::new(Vec::new()));
         let host = freezer(dir.path(), log.clone(), &["fsfreeze -u"]);
-        let p = plan(&host, &paths[1..2], &opts).unwrap();
+        let p = plan(&host, &paths[1..2], &[], &opts).unwrap();
         let hold = p.sources[0].hold.clone().unwrap();
         hold.begin().unwrap();
         let why = hold.end().expect("read partly live");
@@ -661,13 +769,90 @@ mod tests {
         // A filesystem that cannot be frozen is read live; the watchdog is stopped.
         let log = Arc::new(Mutex::new(Vec::new()));
         let host = freezer(dir.path(), log.clone(), &["fsfreeze -f"]);
-        let p = plan(&host, &paths[1..2], &opts).unwrap();
+        let p = plan(&host, &paths[1..2], &[], &opts).unwrap();
         let e = p.sources[0].hold.clone().unwrap().begin().unwrap_err();
         assert!(
             e.to_string().contains("not frozen (fsfreeze -f /srv"),
             "{e}"
         );
         assert!(log.lock().unwrap().last().unwrap().contains("kill -TERM"));
+    }
+
+    #[test]
+    fn a_raw_logical_volume_is_read_from_an_unmounted_snapshot_that_is_always_released() {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, "/proc/self/mountinfo", MOUNTS_ROOT_LVM);
+        put(r, "/sys/dev/block/254:1/dm/uuid", "LVM-def\n");
+        std::fs::create_dir_all(r.join("dev/vg0")).unwrap();
+        let node = |name: &str, minor| {
+            let p = r.join("dev/vg0").join(name);
+            mknod(
+                &p,
+                SFlag::S_IFBLK,
+                Mode::from_bits_truncate(0o600),
+                makedev(254, minor),
+            )
+        };
+        if node("db", 1).is_err() || node("root", 0).is_err() {
+            eprintln!("SKIP: cannot make device nodes here (needs root)");
+            return;
+        }
+        let lvs = r#"{"report":[{"lv":[{"vg_name":"vg0","lv_name":"db","lv_size":"1073741824","vg_free":"1073741824","lv_kernel_major":"254","lv_kernel_minor":"1"}]}]}"#;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let host = recorder(r, log.clone(), move |name, _| {
+            Ok(if name == "lvs" {
+                lvs.to_string()
+            } else {
+                String::new()
+            })
+        });
+        let pid = std::process::id();
+        {
+            let p = plan(
+                &host,
+                &[],
+                &[PathBuf::from("/dev/vg0/db")],
+                &ReadOptions::default(),
+            )
+            .unwrap();
+            let s = &p.sources[0];
+            assert!(s.raw && s.path == "/dev/vg0/db");
+            assert_eq!(s.consistency, Consistency::LvmSnapshot);
+            assert_eq!(
+                s.read_from,
+                PathBuf::from(format!("/dev/vg0/ferry-snap-{pid}-0"))
+            );
+        }
+        let got: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.starts_with("lvs"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            got,
+            [
+                format!("lvcreate -s -n ferry-snap-{pid}-0 -L 107374080b vg0/db"),
+                format!("lvremove -f vg0/ferry-snap-{pid}-0"),
+            ],
+            "never mounted, removed when done"
+        );
+        // The mounted root volume is refused, by its mount point.
+        let e = plan(
+            &host,
+            &[],
+            &[PathBuf::from("/dev/vg0/root")],
+            &ReadOptions::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().contains("/dev/vg0/root: mounted at /;"),
+            "{e}"
+        );
     }
 
     #[test]

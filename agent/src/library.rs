@@ -63,16 +63,23 @@ pub fn run_command(
             excludes,
             live,
             freeze,
+            raw,
         } => {
             let lib = open(library)?;
             let host = crate::survey::Host::live();
-            let paths: Vec<PathBuf> = if paths.is_empty() {
+            let paths: Vec<PathBuf> = if paths.is_empty() && raw.is_empty() {
                 crate::capture::default_paths(&host)?
             } else {
                 paths.iter().map(PathBuf::from).collect()
             };
+            let raw: Vec<PathBuf> = raw.iter().map(PathBuf::from).collect();
             let opts = read_options(&lib, *live, *freeze, keep_writable);
-            let manifest = capture_paths(&lib, &host, image, &paths, excludes, &opts, meter)?;
+            let what = Sources {
+                paths: &paths,
+                raw: &raw,
+                excludes,
+            };
+            let manifest = capture_paths(&lib, &host, image, &what, &opts, meter)?;
             Ok(MessageBody::Captured {
                 image: manifest.image,
                 capture: manifest.capture,
@@ -123,18 +130,30 @@ pub fn run_command(
     }
 }
 
-/// Captures `paths` of `host`, each from a snapshot where one can be taken (released
+/// What a capture reads.
+pub struct Sources<'a> {
+    /// Mount points.
+    pub paths: &'a [PathBuf],
+    /// Devices whose block data is captured.
+    pub raw: &'a [PathBuf],
+    /// Globs left out of the mount points.
+    pub excludes: &'a [String],
+}
+
+/// Captures `what` of `host`, each from a snapshot where one can be taken (released
 /// before this returns), with a survey in the manifest.
 fn capture_paths(
     lib: &Library,
     host: &crate::survey::Host,
     image: &str,
-    paths: &[PathBuf],
-    excludes: &[String],
+    what: &Sources<'_>,
     opts: &ReadOptions,
     meter: &Arc<Meter>,
 ) -> Result<ferry_model::image::Manifest> {
-    let plan = crate::capture::plan(host, paths, opts)?;
+    if what.paths.is_empty() && what.raw.is_empty() {
+        bail!("image {image}: give mount points or devices (--raw) to capture");
+    }
+    let plan = crate::capture::plan(host, what.paths, what.raw, opts)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
@@ -142,7 +161,7 @@ fn capture_paths(
     let req = CaptureRequest {
         image: image.to_string(),
         filesystems: plan.sources.clone(),
-        excludes: excludes.to_vec(),
+        excludes: what.excludes.to_vec(),
         hostname: survey.hostname.clone(),
         survey: Some(survey),
         warnings: plan.warnings.clone(),
@@ -155,8 +174,7 @@ fn capture_paths(
 pub fn capture(
     lib: &Library,
     image: &str,
-    paths: &[PathBuf],
-    excludes: &[String],
+    what: &Sources<'_>,
     opts: &ReadOptions,
     init: bool,
     json: bool,
@@ -166,7 +184,7 @@ pub fn capture(
     }
     let host = crate::survey::Host::live();
     let meter = Meter::new(Duration::from_millis(250), None);
-    let manifest = capture_paths(lib, &host, image, paths, excludes, opts, &meter)?;
+    let manifest = capture_paths(lib, &host, image, what, opts, &meter)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {

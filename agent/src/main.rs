@@ -59,8 +59,12 @@ enum Cmd {
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// A partition or volume whose block data is captured, as one file at its
+        /// device path (repeatable); it must not be mounted.
+        #[arg(long, value_name = "DEVICE")]
+        raw: Vec<PathBuf>,
         /// Mount points to capture.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "raw")]
         paths: Vec<PathBuf>,
     },
     /// Restore one filesystem of an image into a directory, with full metadata.
@@ -150,10 +154,16 @@ fn main() -> std::process::ExitCode {
             freeze,
             init,
             json,
+            raw,
             paths,
         } => library.connect().and_then(|lib| {
             let opts = ferry_agent::library::read_options(&lib, live, freeze, &[]);
-            ferry_agent::library::capture(&lib, &image, &paths, &exclude, &opts, init, json)
+            let what = ferry_agent::library::Sources {
+                paths: &paths,
+                raw: &raw,
+                excludes: &exclude,
+            };
+            ferry_agent::library::capture(&lib, &image, &what, &opts, init, json)
         }),
         Cmd::Restore {
             library,

@@ -4,17 +4,19 @@
 //! an LVM or btrfs snapshot standing in for it. Taking and releasing those snapshots
 //! is the agent's part; it says how consistent each tree is.
 
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
 use ferry_model::image::{
     Consistency, FsImage, MANIFEST_PATH, MANIFEST_VERSION, Manifest, RootMeta, check_image_name,
 };
 use ferry_model::survey::Survey;
-use rustic_core::repofile::SnapshotFile;
+use rustic_core::repofile::{Metadata, Node, NodeType, SnapshotFile};
 use rustic_core::{
     BackupOptions, Excludes, IndexedIds, LocalSource, ReadSource, ReadSourceEntry,
     RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
@@ -37,6 +39,22 @@ pub struct FsSource {
     pub fstype: Option<String>,
     /// Held around the reading of this tree, e.g. a filesystem freeze.
     pub hold: Option<Arc<dyn Hold>>,
+    /// Block data rather than a tree: `read_from` is a block device (or an image
+    /// file) whose bytes are kept as one file at `path`.
+    pub raw: bool,
+}
+
+impl Default for FsSource {
+    fn default() -> FsSource {
+        FsSource {
+            path: String::new(),
+            read_from: PathBuf::new(),
+            consistency: Consistency::Live,
+            fstype: None,
+            hold: None,
+            raw: false,
+        }
+    }
 }
 
 /// Something kept up exactly while one tree is read, such as a filesystem freeze.
@@ -79,7 +97,13 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
         }
         let meta = std::fs::metadata(&fs.read_from)
             .with_context(|| format!("{}: cannot read it", fs.read_from.display()))?;
-        if !meta.is_dir() {
+        if fs.raw && !meta.file_type().is_block_device() && !meta.is_file() {
+            return Err(anyhow!(
+                "{}: neither a block device nor an image file",
+                fs.read_from.display()
+            ));
+        }
+        if !fs.raw && !meta.is_dir() {
             return Err(anyhow!("{}: not a directory", fs.read_from.display()));
         }
     }
@@ -148,7 +172,12 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
             files: files.max(summary.total_files_processed + summary.total_dirs_processed),
             bytes: summary.total_bytes_processed,
             added_bytes: summary.data_added,
-            root: root_meta(&fs.read_from)?,
+            root: if fs.raw {
+                RootMeta::default()
+            } else {
+                root_meta(&fs.read_from)?
+            },
+            raw: fs.raw,
         });
     }
     manifest.finished = now();
@@ -198,6 +227,23 @@ fn capture_tree<S: IndexedIds>(
         .map_err(rustic(&what))?
         .to_snapshot()
         .map_err(rustic(&what))?;
+    if fs.raw {
+        let mut opts = BackupOptions::default();
+        opts.as_path = Some(PathBuf::from(&fs.path));
+        // A device's metadata says nothing of its content: read it all every time
+        // (unchanged chunks are still not uploaded again).
+        opts.parent_opts.force = true;
+        let src = DeviceSource::open(fs)?;
+        let counted = Counted {
+            inner: src,
+            files: Arc::new(AtomicU64::new(0)),
+            meter: meter.clone(),
+        };
+        let snap = repo
+            .archive(&opts, &counted, snap, std::slice::from_ref(&fs.read_from))
+            .map_err(rustic(&what))?;
+        return Ok((snap, 1));
+    }
     let mut excludes = Excludes::default();
     excludes.globs = req.excludes.iter().map(|g| format!("!{g}")).collect();
     let mut opts = BackupOptions::default();
@@ -265,6 +311,58 @@ where
             files: self.files.clone(),
             meter: self.meter.clone(),
         }
+    }
+}
+
+/// The bytes of a block device (or image file) as one file entry named like the
+/// source's device (`path`'s last component).
+struct DeviceSource {
+    entry: Mutex<Option<ReadSourceEntry<File>>>,
+    size: u64,
+}
+
+impl DeviceSource {
+    fn open(fs: &FsSource) -> Result<DeviceSource> {
+        let shown = fs.read_from.display();
+        let mut file = File::open(&fs.read_from)
+            .with_context(|| format!("{shown}: cannot open it for reading"))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
+            .with_context(|| format!("{shown}: cannot learn its size"))?;
+        let name = Path::new(&fs.path)
+            .file_name()
+            .ok_or_else(|| anyhow!("{}: not a device path", fs.path))?;
+        let meta = Metadata {
+            mode: Some(0o600),
+            mtime: Some(rustic_core::jiff::Timestamp::now()),
+            uid: Some(0),
+            gid: Some(0),
+            size,
+            ..Default::default()
+        };
+        Ok(DeviceSource {
+            entry: Mutex::new(Some(ReadSourceEntry {
+                path: fs.read_from.clone(),
+                node: Node::new_node(name, NodeType::File, meta),
+                open: Some(file),
+            })),
+            size,
+        })
+    }
+}
+
+impl ReadSource for DeviceSource {
+    type Open = File;
+    type Iter = std::option::IntoIter<RusticResult<ReadSourceEntry<File>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(Some(self.size))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let entry = self.entry.lock().map(|mut e| e.take()).unwrap_or(None);
+        entry.map(Ok).into_iter()
     }
 }
 

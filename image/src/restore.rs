@@ -41,7 +41,8 @@ pub struct RestoreRequest {
     pub at: Option<String>,
     /// The filesystem's path in the image, e.g. `/` or `/var`.
     pub fs: String,
-    /// An existing directory, normally a freshly made filesystem's mount point.
+    /// An existing directory, normally a freshly made filesystem's mount point; for
+    /// block data, a block device or an image file.
     pub target: PathBuf,
     /// Restore over existing entries (files are replaced; directories kept).
     pub overwrite: bool,
@@ -60,7 +61,6 @@ fn fail(report: &mut RestoreReport, path: &Path, what: impl std::fmt::Display) {
 /// image, filesystem or target is wrong, or the target fills up; otherwise returns
 /// a report whose `error_count` says how many entries failed.
 pub fn restore(lib: &Library, req: &RestoreRequest, meter: &Arc<Meter>) -> Result<RestoreReport> {
-    check_target(&req.target, req.overwrite)?;
     let repo = lib
         .open()?
         .to_indexed()
@@ -93,6 +93,12 @@ pub fn restore(lib: &Library, req: &RestoreRequest, meter: &Arc<Meter>) -> Resul
             req.image, fs.path
         )))?;
     meter.phase(&format!("restore {}", fs.path), Some(fs.bytes));
+    if fs.raw {
+        let report = restore_raw(&repo, &root, &fs.path, req, meter)?;
+        meter.finish();
+        return Ok(report);
+    }
+    check_target(&req.target, req.overwrite)?;
     let mut report = RestoreReport::default();
     let (entries, jobs) = create_entries(&repo, &root, &req.target, req.overwrite, &mut report)?;
     write_contents(&repo, &jobs, meter, &mut report)?;
@@ -104,6 +110,74 @@ pub fn restore(lib: &Library, req: &RestoreRequest, meter: &Arc<Meter>) -> Resul
     }
     meter.finish();
     Ok(report)
+}
+
+/// Block data (`node`, captured from device `path`) onto a block device at least as
+/// large, every byte written; or into an image file, zero blocks left as holes.
+fn restore_raw(
+    repo: &Repository<IndexedFullStatus>,
+    node: &Node,
+    path: &str,
+    req: &RestoreRequest,
+    meter: &Arc<Meter>,
+) -> Result<RestoreReport> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let target = &req.target;
+    let shown = target.display();
+    let size = node.meta.size;
+    let open = |opts: &mut std::fs::OpenOptions| {
+        opts.write(true)
+            .open(target)
+            .with_context(|| format!("target {shown}: cannot open it for writing"))
+    };
+    let (file, device) = match std::fs::metadata(target) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let mut file = open(&mut File::options())?;
+            let room = file
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("target {shown}: cannot learn its size"))?;
+            if room < size {
+                bail!(
+                    "target {shown}: too small: {room} bytes, the block data of {path} is {size}"
+                );
+            }
+            (file, true)
+        }
+        Ok(m) if m.is_dir() => bail!(
+            "target {shown}: a directory, but {path} was captured as block data; restore it onto a device or into an image file"
+        ),
+        Ok(m) if m.is_file() => {
+            if m.len() > 0 && !req.overwrite {
+                bail!("target {shown}: exists and is not empty; pass --overwrite to replace it");
+            }
+            (open(File::options().truncate(true))?, false)
+        }
+        Ok(_) => bail!("target {shown}: neither a block device nor a regular file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (open(File::options().create_new(true).mode(0o600))?, false)
+        }
+        Err(e) => bail!("target {shown}: cannot use it ({e})"),
+    };
+    let written = write_blobs(repo, &file, node, device, meter).map_err(|e| {
+        if e.full {
+            anyhow!("target {shown}: full, too small for the {size} bytes of {path}")
+        } else {
+            anyhow!("target {shown}: {}", e.message)
+        }
+    })?;
+    if !device {
+        file.set_len(written)
+            .with_context(|| format!("target {shown}: setting its size"))?;
+    }
+    file.sync_all()
+        .with_context(|| format!("target {shown}: flushing it"))?;
+    meter.add_file();
+    Ok(RestoreReport {
+        files: 1,
+        bytes: written,
+        ..Default::default()
+    })
 }
 
 /// The target must be a directory, and empty (but for `lost+found`) unless
@@ -323,8 +397,22 @@ fn write_file(
     meter: &Arc<Meter>,
 ) -> Result<u64, WriteError> {
     let file = File::options().write(true).open(&job.path)?;
+    let offset = write_blobs(repo, &file, &job.node, false, meter)?;
+    file.set_len(offset)?;
+    Ok(offset)
+}
+
+/// Writes the content of `node` into `file` from its start: every byte when
+/// `dense`, else zero blocks left as holes. Returns the bytes written.
+fn write_blobs(
+    repo: &Repository<IndexedFullStatus>,
+    file: &File,
+    node: &Node,
+    dense: bool,
+    meter: &Arc<Meter>,
+) -> Result<u64, WriteError> {
     let mut offset = 0u64;
-    for id in job.node.content.iter().flatten() {
+    for id in node.content.iter().flatten() {
         let blob = BlobId::from(*id);
         let data = repo.get_blob_cached(&blob, BlobType::Data).map_err(|e| {
             let pack = repo
@@ -340,20 +428,23 @@ fn write_file(
                 full: false,
             }
         })?;
-        write_sparse(&file, &data, offset)?;
+        if dense {
+            file.write_all_at(&data, offset)?;
+        } else {
+            write_sparse(file, &data, offset)?;
+        }
         offset += data.len() as u64;
         meter.add_bytes(data.len() as u64);
     }
-    if offset != job.node.meta.size {
+    if offset != node.meta.size {
         return Err(WriteError {
             message: format!(
                 "content is {offset} bytes, the image says {}",
-                job.node.meta.size
+                node.meta.size
             ),
             full: false,
         });
     }
-    file.set_len(offset)?;
     Ok(offset)
 }
 

@@ -24,7 +24,7 @@ fn small_tree_round_trips() {
             read_from: src.clone(),
             consistency: Consistency::Live,
             fstype: None,
-            hold: None,
+            ..Default::default()
         }],
         hostname: "h".into(),
         ..Default::default()

@@ -171,6 +171,10 @@ pub struct CaptureOptions {
     /// agent's own folders are never frozen.
     #[arg(long, value_name = "SECONDS", conflicts_with = "live")]
     pub freeze: Option<u32>,
+    /// A partition or volume (not mounted) whose block data is captured (repeatable);
+    /// with no --path, only these are captured.
+    #[arg(long, value_name = "DEVICE")]
+    pub raw: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +207,7 @@ pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) ->
             excludes: opts.excludes.clone(),
             live: opts.live,
             freeze: opts.freeze,
+            raw: opts.raw.clone(),
         },
         opts.timeout,
     )

@@ -78,6 +78,9 @@ pub struct FsImage {
     pub added_bytes: u64,
     /// The filesystem root's own metadata, which the snapshot format does not keep.
     pub root: RootMeta,
+    /// Block data: `path` is a device (`/dev/vg0/db`) kept as one file of its bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
 }
 
 /// Owner, mode, times and extended attributes of a filesystem's root directory.
@@ -182,6 +185,7 @@ mod tests {
                 files: 3,
                 bytes: 10,
                 added_bytes: 10,
+                raw: false,
                 root: RootMeta {
                     mode: 0o755,
                     xattrs: vec![("security.selinux".into(), "00".into())],

@@ -420,6 +420,10 @@ pub enum Action {
         /// for at most this many seconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         freeze: Option<u32>,
+        /// Devices whose block data is captured (not mounted ones). With no
+        /// `paths`, only these are captured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        raw: Vec<String>,
     },
     /// Restore one filesystem of an image into a directory on this machine. Secrets
     /// as for [`Action::Capture`].
@@ -731,6 +735,7 @@ mod tests {
                 excludes: vec!["/var/cache/**".into()],
                 live: false,
                 freeze: Some(60),
+                raw: vec!["/dev/vg0/db".into()],
             },
             Action::Restore {
                 image: "web".into(),
@@ -753,6 +758,7 @@ mod tests {
             files: 3,
             bytes: 4,
             added_bytes: 5,
+            raw: false,
             root: RootMeta {
                 mode: 0o1777,
                 uid: 1,

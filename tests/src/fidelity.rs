@@ -139,8 +139,9 @@ fn mknod(path: &Path, kind: nix::sys::stat::SFlag, major: u64, minor: u64) -> Re
     .with_context(|| format!("mknod {}", path.display()))
 }
 
-/// A deterministic byte stream (xorshift), so content differs between files.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
+/// A deterministic byte stream (xorshift) that does not compress; it differs
+/// between seeds.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -510,15 +511,7 @@ pub fn tool_views(root: &Path) -> Result<Vec<(String, String)>> {
 pub fn random_tree(root: &Path, files: usize, size: usize) {
     std::fs::create_dir_all(root).expect("mkdir");
     for i in 0..files {
-        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let data: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let data = bytes((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), size);
         std::fs::write(root.join(format!("f{i:03}")), data).expect("write");
     }
 }

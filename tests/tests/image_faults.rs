@@ -25,7 +25,7 @@ fn request(image: &str, from: &Path) -> CaptureRequest {
             read_from: from.to_path_buf(),
             consistency: Consistency::Live,
             fstype: None,
-            hold: None,
+            ..Default::default()
         }],
         hostname: "faults".into(),
         ..Default::default()

@@ -28,7 +28,7 @@ fn capture_one(lib: &Library, image: &str, from: &Path) -> ferry_model::image::M
             read_from: from.to_path_buf(),
             consistency: Consistency::Frozen,
             fstype: Some("ext4".into()),
-            hold: None,
+            ..Default::default()
         }],
         hostname: "fidelity".into(),
         ..Default::default()
