@@ -227,6 +227,18 @@ fn capture_tree<S: IndexedIds>(
         .map_err(rustic(&what))?
         .to_snapshot()
         .map_err(rustic(&what))?;
+    if let Some(id) = parent.as_deref()
+        && req.excludes.is_empty()
+        && !fs.raw
+        && let Ok(prev) = repo.get_snapshot_from_str(id, |_| true)
+        && crate::unchanged::unchanged(repo, &prev, &fs.path, &fs.read_from).is_some()
+    {
+        tracing::info!(
+            "{}: unchanged since snapshot {id}; its tree is kept",
+            fs.path
+        );
+        return keep_tree(repo, snap, &prev, capture, &fs.path);
+    }
     if fs.raw {
         let mut opts = BackupOptions::default();
         opts.as_path = Some(PathBuf::from(&fs.path));
@@ -269,6 +281,41 @@ fn capture_tree<S: IndexedIds>(
         .archive(&opts, &counted, snap, std::slice::from_ref(&fs.read_from))
         .map_err(rustic(&what))?;
     Ok((snap, files.load(Ordering::Relaxed)))
+}
+
+/// Saves `snap` with the tree of `prev`, which the filesystem still matches.
+fn keep_tree<S: IndexedIds>(
+    repo: &Repository<S>,
+    mut snap: SnapshotFile,
+    prev: &SnapshotFile,
+    capture: &str,
+    path: &str,
+) -> Result<(SnapshotFile, u64)> {
+    let what = format!("capture of {path}");
+    snap.tree = prev.tree;
+    snap.paths = prev.paths.clone();
+    snap.parent = Some(prev.id);
+    let mut summary = prev.summary.clone().unwrap_or_default();
+    summary.files_unmodified = summary.total_files_processed;
+    summary.dirs_unmodified = summary.total_dirs_processed;
+    (summary.files_new, summary.files_changed) = (0, 0);
+    (summary.dirs_new, summary.dirs_changed) = (0, 0);
+    (summary.data_blobs, summary.tree_blobs) = (0, 0);
+    (summary.data_added, summary.data_added_packed) = (0, 0);
+    (summary.data_added_files, summary.data_added_files_packed) = (0, 0);
+    (summary.data_added_trees, summary.data_added_trees_packed) = (0, 0);
+    summary.command = "ferry capture (unchanged: the parent's tree)".into();
+    snap.summary = Some(summary);
+    let time = snap.time.clone();
+    repo.save_snapshots(vec![snap]).map_err(rustic(&what))?;
+    let tag = format!("{TAG_CAPTURE}{capture}");
+    let saved = repo
+        .get_all_snapshots()
+        .map_err(rustic(&what))?
+        .into_iter()
+        .find(|s| s.tags.contains(&tag) && s.tree == prev.tree && s.time == time)
+        .ok_or_else(|| anyhow!("{what}: the saved snapshot is not in the library"))?;
+    Ok((saved, 0))
 }
 
 /// A source that counts the entries the archiver takes from it.

@@ -7,7 +7,8 @@
 //! capture plus one snapshot per captured filesystem ([`ferry_model::image`]).
 //!
 //! - [`library`]: where a library is, opening and creating it, listing images.
-//! - [`capture`]: trees into snapshots, then the manifest.
+//! - [`capture`]: trees into snapshots, then the manifest; an unchanged tree keeps
+//!   its parent snapshot's tree (`unchanged`).
 //! - [`restore`]: a snapshot back into a directory with full metadata, every
 //!   failure counted.
 //! - [`progress`]: bytes, files, rate and ETA for terminals and status files.
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod library;
 pub mod progress;
 pub mod restore;
+mod unchanged;
 
 pub use capture::{CaptureRequest, FsSource, Hold, capture};
 pub use ferry_model::image::RestoreReport;
