@@ -156,3 +156,47 @@ fn an_unchanged_tree_keeps_its_tree_and_every_change_is_seen() {
     let diffs: Vec<&String> = diffs.iter().filter(|d| !d.contains("atime")).collect();
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
+
+/// Ferry cuts files into the same chunks as the stock restic: restic, backing up
+/// what Ferry captured into the same library, finds every data blob there.
+#[test]
+fn restic_finds_every_chunk_of_a_ferry_capture() {
+    if !Path::new("/usr/bin/restic").exists() {
+        return missing("restic");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).expect("mkdir");
+    // Big enough for content-defined cuts (chunks are 512 KiB to 8 MiB), and many
+    // small files besides.
+    std::fs::write(tree.join("big"), ferry_tests::fidelity::bytes(11, 24 << 20)).expect("write");
+    for i in 0..200 {
+        std::fs::write(tree.join(format!("small{i}")), format!("{i}").repeat(i + 1))
+            .expect("write");
+    }
+    let library = dir.path().join("library");
+    let loc = Location::parse_url(library.to_str().expect("utf-8")).expect("location");
+    let lib = Library::connect(&loc, PASSWORD).expect("connect");
+    lib.init().expect("init");
+    capture(&lib, &tree);
+    let out = sh(Command::new("restic")
+        .arg("-r")
+        .arg(&library)
+        .args(["--no-cache", "backup", "--json"])
+        .arg(&tree)
+        .env("RESTIC_PASSWORD", PASSWORD))
+    .expect("restic backup");
+    let summary: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .expect("restic summary");
+    assert_eq!(
+        summary["data_blobs"], 0,
+        "restic had to add data: {summary}"
+    );
+    assert!(
+        summary["total_bytes_processed"].as_u64() > Some(24 << 20),
+        "{summary}"
+    );
+}
