@@ -122,7 +122,7 @@ fn restore_raw(
     meter: &Arc<Meter>,
 ) -> Result<RestoreReport> {
     use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let target = &req.target;
     let shown = target.display();
     let size = node.meta.size;
@@ -133,13 +133,21 @@ fn restore_raw(
     };
     let (file, device) = match std::fs::metadata(target) {
         Ok(m) if m.file_type().is_block_device() => {
-            let mut file = open(&mut File::options())?;
+            if let Some(point) = mounted_at(m.rdev()) {
+                bail!("target {shown}: mounted at {point}; unmount it first");
+            }
+            let mut file = open(File::options().read(true))?;
             let room = file
                 .seek(SeekFrom::End(0))
                 .with_context(|| format!("target {shown}: cannot learn its size"))?;
             if room < size {
                 bail!(
                     "target {shown}: too small: {room} bytes, the block data of {path} is {size}"
+                );
+            }
+            if !req.overwrite && holds_data(&file) {
+                bail!(
+                    "target {shown}: holds data (its first MiB is not blank); pass --overwrite to replace it"
                 );
             }
             (file, true)
@@ -178,6 +186,27 @@ fn restore_raw(
         bytes: written,
         ..Default::default()
     })
+}
+
+/// Where the block device numbered `rdev` is mounted, if it is.
+fn mounted_at(rdev: u64) -> Option<String> {
+    let dev = format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        (f.nth(2)? == dev).then(|| f.nth(1).map(str::to_string))?
+    })
+}
+
+/// Whether the first MiB of `file` holds anything but zeros.
+fn holds_data(file: &File) -> bool {
+    let mut head = vec![0u8; 1 << 20];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    head[..n].iter().any(|b| *b != 0)
 }
 
 /// The target must be a directory, and empty (but for `lost+found`) unless

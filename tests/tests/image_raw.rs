@@ -113,20 +113,13 @@ fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
 
     // Into an image file: identical, and the zero run is a hole.
     let file = d.join("restored.img");
-    let restore = |to: &Path| {
-        agent(
-            d,
-            &[
-                "restore",
-                "--image",
-                "raw",
-                "--fs",
-                dev,
-                "--to",
-                to.to_str().expect("utf-8"),
-            ],
-        )
+    let restore_with = |to: &Path, more: &[&str]| {
+        let to = to.to_str().expect("utf-8");
+        let mut args = vec!["restore", "--image", "raw", "--fs", dev, "--to", to];
+        args.extend_from_slice(more);
+        agent(d, &args)
     };
+    let restore = |to: &Path| restore_with(to, &[]);
     let out = restore(&file);
     assert!(out.status.success(), "restore: {}", text(&out));
     assert!(std::fs::read(&file).expect("read") == data, "file differs");
@@ -136,10 +129,18 @@ fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
         "{allocated} bytes allocated: the zeros were written"
     );
 
-    // Onto a larger device full of junk: every byte of the image is written.
+    // Onto a larger device full of junk: refused without --overwrite, then every
+    // byte of the image is written.
     let junk = vec![0xA5u8; 64 * MIB];
     let target = LoopDev::new(&d.join("target.img"), &junk, junk.len() as u64);
     let out = restore(Path::new(&target.device));
+    assert!(
+        text(&out).contains("holds data (its first MiB is not blank); pass --overwrite"),
+        "{}",
+        text(&out)
+    );
+    assert!(target.read(MIB) == junk[..MIB], "untouched when refused");
+    let out = restore_with(Path::new(&target.device), &["--overwrite"]);
     assert!(out.status.success(), "restore onto device: {}", text(&out));
     assert!(target.read(data.len()) == data, "device differs");
 
@@ -213,6 +214,30 @@ fn a_mounted_device_or_a_regular_file_is_refused_for_raw_capture() {
     assert!(!out.status.success());
     assert!(
         text(&out).contains(&format!("{source}: mounted at {mnt}")),
+        "{}",
+        text(&out)
+    );
+    // Nor is block data restored onto a mounted device, even with --overwrite.
+    let blank_dev = LoopDev::new(&d.join("blank.img"), &[], 4 * MIB as u64);
+    let out = agent(d, &["capture", "--image", "b", "--raw", &blank_dev.device]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = agent(
+        d,
+        &[
+            "restore",
+            "--image",
+            "b",
+            "--fs",
+            &blank_dev.device,
+            "--to",
+            &source,
+            "--overwrite",
+        ],
+    );
+    assert!(
+        text(&out).contains(&format!(
+            "target {source}: mounted at {mnt}; unmount it first"
+        )),
         "{}",
         text(&out)
     );
