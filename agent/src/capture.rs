@@ -591,6 +591,16 @@ mod tests {
         )
     }
 
+    /// The recorded calls, without the `lvs` queries.
+    fn calls_but_lvs(log: &Mutex<Vec<String>>) -> Vec<String> {
+        let calls = log.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| !c.starts_with("lvs"))
+            .cloned()
+            .collect()
+    }
+
     /// A host whose root is a temp tree, recording every tool call.
     fn fake(dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Host {
         recorder(dir, log, |name, _| {
@@ -733,13 +743,7 @@ mod tests {
         let hold = p.sources[1].hold.clone().expect("a freeze");
         hold.begin().unwrap();
         assert_eq!(hold.end(), None, "thawed by the agent: frozen all along");
-        let calls: Vec<String> = log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| !c.starts_with("lvs"))
-            .cloned()
-            .collect();
+        let calls = calls_but_lvs(&log);
         assert_eq!(calls.len(), 4, "{calls:?}");
         assert!(
             calls[0].starts_with("sh -c setsid sh -c 'sleep 30; exec fsfreeze -u \"$0\"'")
@@ -825,13 +829,7 @@ mod tests {
                 PathBuf::from(format!("/dev/vg0/ferry-snap-{pid}-0"))
             );
         }
-        let got: Vec<String> = log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| !c.starts_with("lvs"))
-            .cloned()
-            .collect();
+        let got = calls_but_lvs(&log);
         assert_eq!(
             got,
             [

@@ -239,27 +239,17 @@ fn capture_tree<S: IndexedIds>(
         );
         return keep_tree(repo, snap, &prev, capture, &fs.path);
     }
+    let mut opts = BackupOptions::default();
+    opts.as_path = Some(PathBuf::from(&fs.path));
     if fs.raw {
-        let mut opts = BackupOptions::default();
-        opts.as_path = Some(PathBuf::from(&fs.path));
         // A device's metadata says nothing of its content: read it all every time
         // (unchanged chunks are still not uploaded again).
         opts.parent_opts.force = true;
-        let src = DeviceSource::open(fs)?;
-        let counted = Counted {
-            inner: src,
-            files: Arc::new(AtomicU64::new(0)),
-            meter: meter.clone(),
-        };
-        let snap = repo
-            .archive(&opts, &counted, snap, std::slice::from_ref(&fs.read_from))
-            .map_err(rustic(&what))?;
+        let (snap, _) = archive(repo, &opts, DeviceSource::open(fs)?, snap, fs, meter)?;
         return Ok((snap, 1));
     }
     let mut excludes = Excludes::default();
     excludes.globs = req.excludes.iter().map(|g| format!("!{g}")).collect();
-    let mut opts = BackupOptions::default();
-    opts.as_path = Some(PathBuf::from(&fs.path));
     opts.parent_opts.parents = parent.into_iter().collect();
     opts.ignore_save_opts.set_atime = Some(TimeOption::Yes);
     opts.ignore_filter_opts.one_file_system = true;
@@ -271,6 +261,25 @@ fn capture_tree<S: IndexedIds>(
         &[&fs.read_from],
     )
     .map_err(rustic(&what))?;
+    archive(repo, &opts, src, snap, fs, meter)
+}
+
+/// Archives what `src` yields for `fs` as `snap`; the snapshot and how many
+/// entries were taken.
+fn archive<S, R>(
+    repo: &Repository<S>,
+    opts: &BackupOptions,
+    src: R,
+    snap: SnapshotFile,
+    fs: &FsSource,
+    meter: &Arc<Meter>,
+) -> Result<(SnapshotFile, u64)>
+where
+    S: IndexedIds,
+    R: ReadSource + 'static,
+    R::Open: Send,
+    R::Iter: Iterator<Item = RusticResult<ReadSourceEntry<R::Open>>> + Send,
+{
     let counted = Counted {
         inner: src,
         files: Arc::new(AtomicU64::new(0)),
@@ -278,8 +287,8 @@ fn capture_tree<S: IndexedIds>(
     };
     let files = counted.files.clone();
     let snap = repo
-        .archive(&opts, &counted, snap, std::slice::from_ref(&fs.read_from))
-        .map_err(rustic(&what))?;
+        .archive(opts, &counted, snap, std::slice::from_ref(&fs.read_from))
+        .map_err(rustic(format!("capture of {}", fs.path)))?;
     Ok((snap, files.load(Ordering::Relaxed)))
 }
 

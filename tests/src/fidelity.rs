@@ -515,3 +515,14 @@ pub fn random_tree(root: &Path, files: usize, size: usize) {
         std::fs::write(root.join(format!("f{i:03}")), data).expect("write");
     }
 }
+
+/// The stock `restic` client on the repository at `repo`, with its password and
+/// no cache.
+pub fn restic(repo: &Path, password: &str) -> Command {
+    let mut cmd = Command::new("restic");
+    cmd.arg("-r")
+        .arg(repo)
+        .arg("--no-cache")
+        .env("RESTIC_PASSWORD", password);
+    cmd
+}

@@ -82,6 +82,40 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Polls `done` every 20 ms while the process runs; panics, with its log, when
+    /// it exits first or `limit` passes.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        limit: std::time::Duration,
+        mut done: impl FnMut(&mut Proc) -> Option<T>,
+    ) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = done(self) {
+                return v;
+            }
+            assert!(
+                self.try_wait().is_none(),
+                "{} ended before {what}: {}",
+                self.name,
+                self.log()
+            );
+            assert!(
+                start.elapsed() < limit,
+                "{}: no {what} in {limit:?}: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        self.wait_until("its exit", limit, Proc::try_wait)
+    }
+
     /// The name given at spawn.
     pub fn name(&self) -> &str {
         &self.name

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_image::{CaptureRequest, FsSource, Library, Location, Meter, RestoreRequest};
 use ferry_model::image::Consistency;
@@ -217,24 +217,10 @@ fn a_capture_killed_halfway_uploads_only_what_is_missing_when_run_again() {
     .arg(&tree);
     let mut agent =
         Proc::spawn("capture", &mut cmd, &dir.path().join("capture.log")).expect("spawn");
-    let start = Instant::now();
-    let uploaded = loop {
+    let uploaded = agent.wait_until("a third uploaded", Duration::from_secs(120), |_| {
         let bytes: u64 = packs(&library).iter().map(|p| p.1).sum();
-        if bytes >= total / 3 {
-            break bytes;
-        }
-        assert!(
-            agent.try_wait().is_none(),
-            "capture ended early: {}",
-            agent.log()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no progress: {}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (bytes >= total / 3).then_some(bytes)
+    });
     agent.kill_hard();
     let lib = Library::connect(&location(dir.path()), PASSWORD).expect("connect");
     assert!(

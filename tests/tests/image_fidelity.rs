@@ -4,7 +4,6 @@
 //! `restic` client reads the same library.
 
 use std::path::Path;
-use std::process::Command;
 
 use ferry_image::{CaptureRequest, FsSource, Library, Location, Meter, RestoreRequest};
 use ferry_model::image::Consistency;
@@ -109,14 +108,7 @@ fn stock_restic_lists_checks_and_restores_from_the_library() {
     let lib = library(dir.path());
     let m = capture_one(&lib, "web1", &tree);
     let repo = dir.path().join("library");
-    let restic = |args: &[&str]| {
-        sh(Command::new("restic")
-            .arg("-r")
-            .arg(&repo)
-            .args(args)
-            .env("RESTIC_PASSWORD", PASSWORD)
-            .env("RESTIC_CACHE_DIR", dir.path().join("restic-cache")))
-    };
+    let restic = |args: &[&str]| sh(ferry_tests::fidelity::restic(&repo, PASSWORD).args(args));
     let snaps: serde_json::Value = serde_json::from_str(
         &restic(&["snapshots", "--json", "--tag", "ferry-image=web1"]).expect("restic snapshots"),
     )

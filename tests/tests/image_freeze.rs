@@ -66,21 +66,9 @@ fn start_capture(s: &Setup, library: &Path, secs: u32, paths: &[&Path]) -> Proc 
 
 /// Waits until the agent says it froze a filesystem.
 fn wait_frozen(agent: &mut Proc) -> Instant {
-    let start = Instant::now();
-    while !agent.log().contains("frozen for at most") {
-        assert!(
-            agent.try_wait().is_none(),
-            "capture ended before freezing: {}",
-            agent.log()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never frozen: {}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Instant::now()
+    agent.wait_until("a freeze", Duration::from_secs(60), |p| {
+        p.log().contains("frozen for at most").then(Instant::now)
+    })
 }
 
 /// Writes `path` on a thread; the flag turns true once the write is through.
@@ -93,17 +81,6 @@ fn write_meanwhile(path: PathBuf) -> (Arc<AtomicBool>, std::thread::JoinHandle<I
         Instant::now()
     });
     (done, writer)
-}
-
-fn wait_exit(agent: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = agent.try_wait() {
-            return status;
-        }
-        assert!(start.elapsed() < limit, "capture hangs: {}", agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn library(s: &Setup) -> Library {
@@ -131,7 +108,7 @@ fn a_filesystem_without_snapshots_is_frozen_while_read_and_writers_wait_for_the_
         !done.load(Ordering::SeqCst),
         "a write went through while the filesystem was being read frozen"
     );
-    let status = wait_exit(&mut agent, Duration::from_secs(300));
+    let status = agent.wait_exit(Duration::from_secs(300));
     assert!(status.success(), "capture failed: {}", agent.log());
     writer.join().expect("writer");
     assert!(agent.log().contains("thawed"), "{}", agent.log());
@@ -187,7 +164,7 @@ fn a_capture_longer_than_the_bound_is_reported_live_and_the_library_disk_is_neve
     std::fs::write(other.mnt.join("note"), b"x").expect("write");
     let lib_dir = other.mnt.join("library");
     let mut agent = start_capture(&s, &lib_dir, 1, &[&s.fs.mnt, &other.mnt]);
-    let status = wait_exit(&mut agent, Duration::from_secs(300));
+    let status = agent.wait_exit(Duration::from_secs(300));
     assert!(status.success(), "capture failed: {}", agent.log());
     let loc = Location::parse_url(lib_dir.to_str().expect("utf-8")).expect("location");
     let lib = Library::connect(&loc, PASSWORD).expect("connect");

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use ferry_image::{Library, Location};
 use ferry_model::image::Consistency;
-use ferry_tests::fidelity::{LoopFs, bytes, can_run, sh};
+use ferry_tests::fidelity::{LoopFs, bytes, can_run, restic, sh};
 use ferry_tests::procs::bin;
 use ferry_tests::util::missing;
 
@@ -82,14 +82,22 @@ fn text(out: &Output) -> String {
     )
 }
 
-#[test]
-fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
+/// A folder holding the library's password file, when this machine can run the
+/// suite.
+fn workdir() -> Option<tempfile::TempDir> {
     if let Some(m) = can_run() {
-        return missing(&m);
+        missing(&m);
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), PASSWORD).expect("password file");
+    Some(dir)
+}
+
+#[test]
+fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
+    let Some(dir) = workdir() else { return };
     let d = dir.path();
-    std::fs::write(d.join("pw"), PASSWORD).expect("password file");
     let data = content();
     let src = LoopDev::new(&d.join("src.img"), &data, data.len() as u64);
     let dev = src.device.as_str();
@@ -165,11 +173,8 @@ fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
 
     // The stock restic client reads the block data as one file.
     if Path::new("/usr/bin/restic").exists() {
-        let dumped = Command::new("restic")
-            .arg("-r")
-            .arg(d.join("library"))
-            .args(["--no-cache", "dump", &fs.snapshot, dev])
-            .env("RESTIC_PASSWORD", PASSWORD)
+        let dumped = restic(&d.join("library"), PASSWORD)
+            .args(["dump", &fs.snapshot, dev])
             .output()
             .expect("restic");
         assert!(dumped.status.success(), "restic dump: {}", text(&dumped));
@@ -194,12 +199,8 @@ fn block_data_is_captured_restored_to_a_file_and_a_device_and_read_by_restic() {
 
 #[test]
 fn a_mounted_device_or_a_regular_file_is_refused_for_raw_capture() {
-    if let Some(m) = can_run() {
-        return missing(&m);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(dir) = workdir() else { return };
     let d = dir.path();
-    std::fs::write(d.join("pw"), PASSWORD).expect("password file");
     let fs = LoopFs::new(d, "mounted", "ext4", 32 << 20).expect("loop fs");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let mnt = fs.mnt.to_str().expect("utf-8");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use ferry_image::{CaptureRequest, FsSource, Library, Location, Meter, RestoreRequest};
-use ferry_tests::fidelity::{can_run, compare, sh};
+use ferry_tests::fidelity::{can_run, compare, restic, sh};
 use ferry_tests::util::missing;
 
 const PASSWORD: &str = "pw-for-recapture";
@@ -32,12 +32,8 @@ fn capture(lib: &Library, tree: &Path) -> String {
 
 /// The tree id of snapshot `id`, as restic sees it.
 fn tree_of(library: &Path, id: &str) -> String {
-    let out = sh(Command::new("restic")
-        .arg("-r")
-        .arg(library)
-        .args(["--no-cache", "cat", "snapshot", id])
-        .env("RESTIC_PASSWORD", PASSWORD))
-    .expect("restic cat snapshot");
+    let out =
+        sh(restic(library, PASSWORD).args(["cat", "snapshot", id])).expect("restic cat snapshot");
     let v: serde_json::Value = serde_json::from_str(&out).expect("snapshot json");
     v["tree"].as_str().expect("tree").to_string()
 }
@@ -179,12 +175,9 @@ fn restic_finds_every_chunk_of_a_ferry_capture() {
     let lib = Library::connect(&loc, PASSWORD).expect("connect");
     lib.init().expect("init");
     capture(&lib, &tree);
-    let out = sh(Command::new("restic")
-        .arg("-r")
-        .arg(&library)
-        .args(["--no-cache", "backup", "--json"])
-        .arg(&tree)
-        .env("RESTIC_PASSWORD", PASSWORD))
+    let out = sh(restic(&library, PASSWORD)
+        .args(["backup", "--json"])
+        .arg(&tree))
     .expect("restic backup");
     let summary: serde_json::Value = out
         .lines()
