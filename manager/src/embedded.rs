@@ -190,7 +190,24 @@ struct Backend {
     store: FolderStore,
     /// Serialises `If-Match` writes, the only read-modify-write the store offers.
     if_match: tokio::sync::Mutex<()>,
+    /// ETags of objects read by range, by the identity of their file: a ranged read
+    /// (the image library reads pack files blob by blob) then reads its range only,
+    /// not the whole object to hash it.
+    etags: std::sync::Mutex<std::collections::HashMap<String, (FileStamp, ETag)>>,
 }
+
+/// What changes whenever a file's content may have: objects are replaced by renaming a
+/// new file over them, so a new inode and change time.
+type FileStamp = (u64, u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.ctime(), m.ctime_nsec()))
+}
+
+/// At most this many ETags are remembered; then the memory starts afresh.
+const ETAGS_KEPT: usize = 100_000;
 
 fn etag_of(bytes: &[u8]) -> ETag {
     ETag::Strong(blake3::hash(bytes).to_hex()[..32].to_string())
@@ -210,6 +227,38 @@ impl Backend {
         } else {
             Err(s3_error!(NoSuchBucket))
         }
+    }
+
+    /// The ETag and size of object `key` (`None` if there is none), hashing its content
+    /// only when its file changed since it was last hashed.
+    async fn known_etag(&self, key: &str) -> S3Result<Option<(ETag, u64)>> {
+        let path = self.store.root().join(key);
+        let before = stamp(&path);
+        let known = before.and_then(|st| {
+            let etags = self.etags.lock().ok()?;
+            etags
+                .get(key)
+                .filter(|(at, _)| *at == st)
+                .map(|(_, e)| (e.clone(), st.2))
+        });
+        if known.is_some() {
+            return Ok(known);
+        }
+        let Some(bytes) = self.store.get(key).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        let etag = etag_of(&bytes);
+        // Remembered only if the file did not change while it was read.
+        if let Some(st) =
+            before.filter(|st| stamp(&path) == Some(*st) && st.2 == bytes.len() as u64)
+            && let Ok(mut etags) = self.etags.lock()
+        {
+            if etags.len() >= ETAGS_KEPT {
+                etags.clear();
+            }
+            etags.insert(key.to_string(), (st, etag.clone()));
+        }
+        Ok(Some((etag, bytes.len() as u64)))
     }
 
     /// Keys under `prefix`: one level when `delimited`, else the whole subtree.
@@ -307,27 +356,38 @@ impl S3 for Backend {
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
         self.check_bucket(&req.input.bucket)?;
-        let Some(bytes) = self.store.get(&req.input.key).await.map_err(internal)? else {
+        let key = &req.input.key;
+        let Some(range) = &req.input.range else {
+            let Some(bytes) = self.store.get(key).await.map_err(internal)? else {
+                return Err(s3_error!(NoSuchKey));
+            };
+            return Ok(S3Response::new(dto::GetObjectOutput {
+                content_length: Some(bytes.len() as i64),
+                e_tag: Some(etag_of(&bytes)),
+                last_modified: modified(self.store.root(), key),
+                body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
+                ..Default::default()
+            }));
+        };
+        let Some((e_tag, full)) = self.known_etag(key).await? else {
             return Err(s3_error!(NoSuchKey));
         };
-        let modified = modified(self.store.root(), &req.input.key);
-        let e_tag = Some(etag_of(&bytes));
-        let full = bytes.len() as u64;
-        let (bytes, content_range) = match &req.input.range {
-            None => (bytes, None),
-            Some(r) => {
-                let r = r
-                    .check(full)
-                    .map_err(|_| s3_error!(InvalidRange, "the range is not in the object"))?;
-                let range = Some(format!("bytes {}-{}/{full}", r.start, r.end - 1));
-                (bytes.slice(r.start as usize..r.end as usize), range)
-            }
+        let r = range
+            .check(full)
+            .map_err(|_| s3_error!(InvalidRange, "the range is not in the object"))?;
+        let Some(bytes) = self
+            .store
+            .get_range(key, r.start, r.end - r.start)
+            .await
+            .map_err(internal)?
+        else {
+            return Err(s3_error!(NoSuchKey));
         };
         Ok(S3Response::new(dto::GetObjectOutput {
             content_length: Some(bytes.len() as i64),
-            content_range,
-            e_tag,
-            last_modified: modified,
+            content_range: Some(format!("bytes {}-{}/{full}", r.start, r.end - 1)),
+            e_tag: Some(e_tag),
+            last_modified: modified(self.store.root(), key),
             body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
             ..Default::default()
         }))
@@ -504,6 +564,7 @@ pub async fn serve(
         bucket: config.bucket.clone(),
         store: FolderStore::new(&bucket_dir)?,
         if_match: tokio::sync::Mutex::new(()),
+        etags: Default::default(),
     };
     let mut auth = SimpleAuth::new();
     auth.register(

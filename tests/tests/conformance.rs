@@ -81,6 +81,17 @@ async fn suite(backend: &str, s: Arc<dyn Store>) -> Report {
         Some(&binary[binary.len() - 10..]),
         "{backend}: a range past the end gives what is there"
     );
+    // Replaced by other bytes of the same size, a range reads the new ones.
+    let other: Vec<u8> = binary.iter().map(|b| b ^ 0x5a).collect();
+    s.put(&blob, Bytes::from(other.clone())).await.expect("put");
+    assert_eq!(
+        range(1000, 70_000).await.as_deref(),
+        Some(&other[1000..71_000]),
+        "{backend}: a range after a rewrite"
+    );
+    s.put(&blob, Bytes::from(binary.clone()))
+        .await
+        .expect("put");
     assert_eq!(
         s.get_range(&k("missing"), 0, 10)
             .await
