@@ -141,30 +141,16 @@ pub fn source_disk() -> Result<PathBuf> {
         return Ok(disk);
     }
     let root = root_tree()?;
-    for (path, mode, text) in FILES {
-        let p = root.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().unwrap_or(Path::new("/")))?;
-        std::fs::write(&p, text)?;
-        run(Command::new("chmod").arg(format!("{mode:o}")).arg(&p))?;
-    }
-    let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants)?;
-    for unit in ["ferry-storage.service", "ferry-agent.service"] {
-        let link = wants.join(unit);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), link)?;
-        }
-    }
+    install(
+        &root,
+        FILES,
+        &["ferry-storage.service", "ferry-agent.service"],
+    )?;
     std::fs::write(
         root.join("etc/fstab"),
         format!("UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"),
     )?;
-    let kernel = std::fs::read_dir(root.join("boot"))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .find(|n| n.starts_with("vmlinuz-"))
-        .context("no kernel in the debootstrapped root")?;
-    let version = kernel.trim_start_matches("vmlinuz-").to_string();
+    let version = kernel_version(&root)?;
     let tmp = dir.join(format!("debian-src-v{VERSION}.raw.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mnt = dir.join(format!("debian-mnt-v{VERSION}"));
@@ -193,6 +179,251 @@ pub fn source_disk() -> Result<PathBuf> {
     sh(&script).context("building the Debian source disk")?;
     std::fs::rename(&tmp, &disk)?;
     Ok(disk)
+}
+
+/// Writes `files` into the tree at `root` and enables the systemd `units`.
+fn install(root: &Path, files: &[(&str, u32, &str)], units: &[&str]) -> Result<()> {
+    for (path, mode, text) in files {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap_or(Path::new("/")))?;
+        std::fs::write(&p, text)?;
+        run(Command::new("chmod").arg(format!("{mode:o}")).arg(&p))?;
+    }
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants)?;
+    for unit in units {
+        let link = wants.join(unit);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), link)?;
+        }
+    }
+    Ok(())
+}
+
+/// The version of the kernel in the debootstrapped tree at `root` (`6.1.0-…-amd64`).
+pub fn kernel_version(root: &Path) -> Result<String> {
+    let kernel = std::fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.starts_with("vmlinuz-"))
+        .context("no kernel in the debootstrapped root")?;
+    Ok(kernel.trim_start_matches("vmlinuz-").to_string())
+}
+
+/// Version of the root-on-LVM disk recipe (part of the cached file's name).
+pub const LVM_VERSION: u32 = 1;
+/// The `/boot` filesystem's UUID on the root-on-LVM disk.
+pub const LVM_BOOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f51";
+/// The root filesystem's UUID on the root-on-LVM disk.
+pub const LVM_ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f52";
+/// Free room left in the volume group `sys` for snapshots (of a 3 GiB disk, with a
+/// 2 GiB root volume).
+pub const LVM_ROOT_SIZE: &str = "2G";
+
+/// What the root-on-LVM system adds to the source system's files.
+const LVM_FILES: &[(&str, u32, &str)] = &[
+    (
+        "/usr/local/sbin/ferry-ticker",
+        0o755,
+        r#"#!/bin/sh
+# Writes one counter into two files at the two ends of the root's tree, the last one
+# first, each by an atomic rename: in any point-in-time copy of the filesystem
+# /zzz-ticker/n holds /aaa-ticker/n or one more; a copy read live over a while does not.
+# Every 25th value goes to the console.
+mkdir -p /aaa-ticker /zzz-ticker
+i=0
+while :; do
+    i=$((i+1))
+    echo $i > /zzz-ticker/n.new && mv /zzz-ticker/n.new /zzz-ticker/n
+    echo $i > /aaa-ticker/n.new && mv /aaa-ticker/n.new /aaa-ticker/n
+    [ $((i % 25)) -ne 0 ] || echo "FERRY-TICK $i" > /dev/ttyS0
+    sleep 0.2
+done
+"#,
+    ),
+    (
+        "/etc/systemd/system/ferry-ticker.service",
+        0o644,
+        "[Unit]\nDescription=Test writer: one counter in two files\n\n\
+         [Service]\nExecStart=/usr/local/sbin/ferry-ticker\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    ),
+    (
+        "/usr/local/sbin/ferry-build-lvm-root",
+        0o755,
+        r#"#!/bin/sh
+# Runs as PID 1 on a scratch copy of the root (vda): makes root on LVM on vdb3, copies
+# this root into it and has its initramfs find it there.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+set -eux
+trap 'echo FERRY-BUILD-FAILED > /dev/ttyS0; sync; echo o > /proc/sysrq-trigger' EXIT
+# The initramfs hands over /dev, /run, /proc and /sys mounted (mostly).
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+mountpoint -q /run || mount -t tmpfs run /run
+/lib/systemd/systemd-udevd --daemon
+udevadm trigger --action=add
+udevadm settle
+pvcreate -ff -y /dev/vdb3
+vgcreate sys /dev/vdb3
+lvcreate -y -n root -L @SIZE@ sys
+udevadm settle
+mkfs.ext4 -q -L root -U @ROOT@ /dev/mapper/sys-root
+mount /dev/mapper/sys-root /mnt
+cp -ax /. /mnt/
+rm -rf /mnt/boot /mnt/usr/local/sbin/ferry-build-lvm-root
+mkdir -p /mnt/boot /mnt/proc /mnt/sys /mnt/dev /mnt/run
+mount /dev/vdb2 /mnt/boot
+printf '/dev/mapper/sys-root / ext4 errors=remount-ro 0 1\nUUID=@BOOT@ /boot ext4 defaults 0 2\n' > /mnt/etc/fstab
+for d in dev proc sys run; do mount --bind /$d /mnt/$d; done
+chroot /mnt update-initramfs -u -k all
+lsinitramfs /mnt/boot/initrd.img-* | grep -q 'sbin/lvm$'
+for d in run sys proc dev boot; do umount /mnt/$d; done
+umount /mnt
+vgchange -an sys
+sync
+trap - EXIT
+echo FERRY-BUILD-DONE > /dev/ttyS0
+echo o > /proc/sysrq-trigger
+sleep 60
+"#,
+    ),
+];
+
+/// The cached Debian 12 disk with its root on LVM (raw, 3 GiB sparse), built when
+/// missing: GPT with a BIOS boot partition, an ext4 `/boot` and an LVM PV holding the
+/// volume group `sys` with the 2 GiB volume `root` (ext4) and room for snapshots.
+/// The system is the source system's (static network, nginx, the agent from a CD,
+/// without the RAID/LVM data disks) plus `ferry-ticker`.
+///
+/// The host kernel has no device-mapper, so a VM does the LVM part: the Debian kernel
+/// boots a scratch copy of the root with a build script as init, which makes the
+/// volume, copies the root into it and regenerates the initramfs in a chroot.
+pub async fn lvm_root_disk() -> Result<PathBuf> {
+    let dir = cache();
+    let disk = dir.join(format!("debian-lvmroot-v{LVM_VERSION}.raw"));
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    let root = root_tree()?;
+    let version = kernel_version(&root)?;
+    let work = dir.join(format!("debian-lvmroot-v{LVM_VERSION}.build"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("mnt"))?;
+    let (seed, tmp, mnt) = (
+        work.join("seed.raw"),
+        work.join("disk.raw"),
+        work.join("mnt"),
+    );
+
+    // The seed: a copy of the root with the test's files, a plain ext4 on a whole disk.
+    let lvm_files: Vec<(&str, u32, String)> = LVM_FILES
+        .iter()
+        .map(|(p, m, t)| {
+            let t = t
+                .replace("@SIZE@", LVM_ROOT_SIZE)
+                .replace("@ROOT@", LVM_ROOT_UUID)
+                .replace("@BOOT@", LVM_BOOT_UUID);
+            (*p, *m, t)
+        })
+        .collect();
+    let lvm_files: Vec<(&str, u32, &str)> = lvm_files
+        .iter()
+        .map(|(p, m, t)| (*p, *m, t.as_str()))
+        .collect();
+    let (seed_q, mnt_q) = (seed.display(), mnt.display());
+    sh(&format!(
+        "truncate -s 2G '{seed_q}'; mkfs.ext4 -q -F '{seed_q}'; mount -o loop '{seed_q}' '{mnt_q}'"
+    ))?;
+    let filled = sh(&format!("cp -a '{}/.' '{mnt_q}/'", root.display()))
+        .and_then(|_| {
+            install(
+                &mnt,
+                FILES,
+                &["ferry-agent.service", "ferry-ticker.service"],
+            )
+        })
+        .and_then(|()| install(&mnt, &lvm_files, &[]))
+        .map(|()| {
+            let wants = mnt.join("etc/systemd/system/multi-user.target.wants");
+            let _ = std::fs::remove_file(wants.join("ferry-storage.service"));
+        });
+    sh(&format!("umount '{mnt_q}'"))?;
+    filled.context("copying the Debian root for the root-on-LVM disk")?;
+
+    // The disk: partitions and /boot with GRUB; the LVM PV stays blank for the VM.
+    let grub_cfg = format!(
+        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
+         insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {LVM_BOOT_UUID}\n\
+         menuentry 'Debian' {{\n  linux /vmlinuz-{version} root=/dev/mapper/sys-root ro console=ttyS0,115200 net.ifnames=0 panic=30\n  initrd /initrd.img-{version}\n}}\n"
+    );
+    sh(&format!(
+        r#"truncate -s 3G '{tmp}'
+sgdisk -Z -n1:0:+1M -t1:EF02 -c1:bios -n2:0:+256M -t2:8300 -c2:boot -n3:0:0 -t3:8E00 -c3:lvm '{tmp}' >/dev/null
+L=$(losetup -f --show '{tmp}')
+trap 'umount "{mnt_q}" 2>/dev/null || true; partx -d $L 2>/dev/null || true; losetup -d $L' EXIT
+partx -a $L
+mkfs.ext4 -q -L boot -U {LVM_BOOT_UUID} ${{L}}p2
+mount ${{L}}p2 '{mnt_q}'
+cp -a '{root}/boot/.' '{mnt_q}/'
+grub-install --target=i386-pc --boot-directory='{mnt_q}' --modules='part_gpt ext2' $L 2>/dev/null
+cat > '{mnt_q}/grub/grub.cfg' <<'EOF'
+{grub_cfg}EOF
+"#,
+        tmp = tmp.display(),
+        root = root.display(),
+    ))
+    .context("partitioning the root-on-LVM disk")?;
+
+    // The VM: the Debian kernel, the seed as root, the build script as init.
+    let console = work.join("console.log");
+    let boot = root.join("boot");
+    let mut args = crate::vm::machine_args(1, &console);
+    args.extend([
+        "-net".into(),
+        "none".into(),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw", seed.display()),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw", tmp.display()),
+        "-kernel".into(),
+        boot.join(format!("vmlinuz-{version}"))
+            .to_string_lossy()
+            .into(),
+        "-initrd".into(),
+        boot.join(format!("initrd.img-{version}"))
+            .to_string_lossy()
+            .into(),
+        "-append".into(),
+        "root=/dev/vda rw init=/usr/local/sbin/ferry-build-lvm-root console=ttyS0,115200 panic=-1"
+            .into(),
+    ]);
+    let mut vm = crate::vm::Qemu::start(&work, &console, &args, None)?;
+    vm.wait_console("FERRY-BUILD-DONE", std::time::Duration::from_secs(900))
+        .await
+        .context("building root on LVM in a VM")?;
+    vm.wait_exit(std::time::Duration::from_secs(60)).await?;
+    std::fs::rename(&tmp, &disk)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(disk)
+}
+
+/// QEMU options for the source server's two NICs: [`MACS`], the first on QEMU's user
+/// network (the guest's 10.0.2.15, as its config says), the second on a closed one.
+pub fn nic_args() -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, mac) in MACS.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(if i == 0 {
+            "user,id=n0".into()
+        } else {
+            format!("user,id=n{i},restrict=on")
+        });
+        a.push("-device".into());
+        a.push(format!("virtio-net-pci,netdev=n{i},mac={mac}"));
+    }
+    a
 }
 
 /// A CD image (label `FERRYAGENT`) holding the agent binary and its config.

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ferry_model::survey::Survey;
 use serde_json::Value;
 
 use crate::procs::{Proc, bin};
@@ -76,33 +77,46 @@ pub fn qcow2(path: &Path, size: &str) -> Result<()> {
     Ok(())
 }
 
-/// The options every test VM shares: TCG, one CPU, 1 GiB, serial console to a file,
-/// no display, exit instead of reboot, a 64 MiB scratch disk.
-pub fn base_args(work: &Path, console: &Path) -> Result<Vec<String>> {
-    let disk = work.join("disk.qcow2");
-    qcow2(&disk, "64M")?;
-    Ok([
+/// The filesystem captured at `path` in the answer of `ferry capture --json`.
+pub fn captured<'v>(capture: &'v Value, path: &str) -> Result<&'v Value> {
+    capture["filesystems"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["path"] == path))
+        .with_context(|| format!("{path} not captured: {capture:#}"))
+}
+
+/// The options every test VM shares: TCG with `cpus` CPUs, 1 GiB, serial console to
+/// the file `console`, no display, no monitor, exit instead of reboot.
+pub fn machine_args(cpus: u32, console: &Path) -> Vec<String> {
+    let cpus = cpus.to_string();
+    [
         "-accel",
         "tcg",
         "-m",
         "1024",
         "-smp",
-        "1",
+        &cpus,
         "-display",
         "none",
         "-no-reboot",
         "-monitor",
         "none",
+        "-serial",
+        &format!("file:{}", console.display()),
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([
-        "-serial".into(),
-        format!("file:{}", console.display()),
-        "-drive".into(),
-        format!("file={},if=virtio,format=qcow2", disk.display()),
-    ])
-    .collect())
+    .collect()
+}
+
+/// [`machine_args`] with one CPU and a 64 MiB scratch disk.
+pub fn base_args(work: &Path, console: &Path) -> Result<Vec<String>> {
+    let disk = work.join("disk.qcow2");
+    qcow2(&disk, "64M")?;
+    let mut a = machine_args(1, console);
+    a.push("-drive".into());
+    a.push(format!("file={},if=virtio,format=qcow2", disk.display()));
+    Ok(a)
 }
 
 impl Qemu {
@@ -341,6 +355,90 @@ impl Manager {
             "no agent as expected within {timeout:?}; last seen: {last:#}\n{}",
             vm.tail()
         )
+    }
+
+    /// A CD (see [`crate::debian::agent_cd`]) with the static agent `cargo xtask
+    /// ramdisk` built and an agent config for this manager, at `work/agent.iso`.
+    pub fn agent_cd(&self, work: &Path) -> Result<PathBuf> {
+        let config = work.join("agent.yaml");
+        self.ferry(&[
+            "agent-config",
+            "--out",
+            &config.to_string_lossy(),
+            "--heartbeat",
+            "2",
+            "--poll",
+            "1",
+        ])?;
+        let agent = ramdisk_dir().join("../x86_64-unknown-linux-musl/agent/ferry-agent");
+        anyhow::ensure!(
+            agent.is_file(),
+            "{} (built by `cargo xtask ramdisk`)",
+            agent.display()
+        );
+        let cd = work.join("agent.iso");
+        crate::debian::agent_cd(&cd, &agent, &config)?;
+        Ok(cd)
+    }
+
+    /// Waits for an agent of `kind` (`installed`, `ramdisk`) whose survey satisfies
+    /// `done`; its id and survey.
+    pub async fn wait_survey(
+        &self,
+        vm: &mut Qemu,
+        kind: &str,
+        timeout: Duration,
+        done: impl Fn(&Survey) -> bool,
+    ) -> Result<(String, Survey)> {
+        let survey =
+            |a: &Value| serde_json::from_value::<Survey>(a["status"]["survey"].clone()).ok();
+        let a = self
+            .wait_agent(vm, timeout, |a| {
+                a["status"]["kind"] == kind && survey(a).is_some_and(|s| done(&s))
+            })
+            .await?;
+        let id = a["id"].as_str().unwrap_or_default().to_string();
+        Ok((id, survey(&a).context("the survey reads back")?))
+    }
+
+    /// Restores filesystem `fs` of image `image` from this manager's library into
+    /// `target` (on the host), as `ferry-agent restore` would.
+    pub async fn restore(
+        &self,
+        image: &str,
+        fs: &str,
+        target: &Path,
+    ) -> Result<ferry_image::RestoreReport> {
+        let config = ferry_manager::config::ManagerConfig::load(&self.config)?;
+        std::fs::create_dir_all(target)?;
+        let req = ferry_image::RestoreRequest {
+            image: image.into(),
+            at: None,
+            fs: fs.into(),
+            target: target.to_path_buf(),
+            overwrite: false,
+        };
+        tokio::task::spawn_blocking(move || {
+            let lib = ferry_manager::images::open(&config)?;
+            ferry_image::restore(&lib, &req, &ferry_image::Meter::silent())
+        })
+        .await?
+    }
+
+    /// Fails if agent `id`'s fresh survey still lists an LVM snapshot of Ferry's.
+    pub fn ensure_no_snapshots(&self, id: &str) -> Result<()> {
+        let survey: Survey = serde_json::from_str(&self.ferry(&["survey", id, "--json"])?)?;
+        let left: Vec<&str> = survey
+            .os
+            .storage
+            .lvm
+            .lvs
+            .iter()
+            .map(|l| l.name.as_str())
+            .filter(|n| n.starts_with("ferry-snap"))
+            .collect();
+        anyhow::ensure!(left.is_empty(), "snapshots left behind: {left:?}");
+        Ok(())
     }
 
     /// Waits until `ferry agent show ID --json` satisfies `done`; returns that view.

@@ -13,30 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ferry_model::survey::Survey;
 use ferry_tests::debian::{self, MACS, ROOT_UUID};
-use ferry_tests::vm::{Manager, Qemu, qcow2, ramdisk};
+use ferry_tests::vm::{Manager, Qemu, captured, qcow2, ramdisk};
 use serde_json::Value;
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
 
 /// The machine: TCG, 2 CPUs, the three disks and two NICs (without a boot method).
 fn machine(work: &Path, system: &Path, console: &Path) -> Result<Vec<String>> {
-    let mut a = s(&[
-        "-accel",
-        "tcg",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-monitor",
-        "none",
-    ]);
-    a.push("-serial".into());
-    a.push(format!("file:{}", console.display()));
+    let mut a = ferry_tests::vm::machine_args(2, console);
     let mut disk = |i: usize, spec: String, serial: &str| {
         a.push("-drive".into());
         a.push(format!("{spec},if=none,id=d{i}"));
@@ -63,35 +45,8 @@ fn machine(work: &Path, system: &Path, console: &Path) -> Result<Vec<String>> {
             serial,
         );
     }
-    for (i, mac) in MACS.iter().enumerate() {
-        a.extend(s(&["-netdev"]));
-        a.push(if i == 0 {
-            "user,id=n0".into()
-        } else {
-            format!("user,id=n{i},restrict=on")
-        });
-        a.push("-device".into());
-        a.push(format!("virtio-net-pci,netdev=n{i},mac={mac}"));
-    }
+    a.extend(debian::nic_args());
     Ok(a)
-}
-
-/// Waits for an agent of `kind` whose survey satisfies `done`; its id and survey.
-async fn wait_agent(
-    m: &Manager,
-    vm: &mut Qemu,
-    kind: &str,
-    timeout: Duration,
-    done: impl Fn(&Survey) -> bool,
-) -> Result<(String, Survey)> {
-    let survey = |a: &Value| serde_json::from_value::<Survey>(a["status"]["survey"].clone()).ok();
-    let a = m
-        .wait_agent(vm, timeout, |a| {
-            a["status"]["kind"] == kind && survey(a).is_some_and(|s| done(&s))
-        })
-        .await?;
-    let id = a["id"].as_str().unwrap_or_default().to_string();
-    Ok((id, survey(&a).context("the survey reads back")?))
 }
 
 #[tokio::test]
@@ -101,41 +56,25 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     let system = debian::source_disk()?;
     let work = tempfile::tempdir()?;
     let m = Manager::start(work.path(), None)?;
-    let config = work.path().join("agent.yaml");
-    m.ferry(&[
-        "agent-config",
-        "--out",
-        &config.to_string_lossy(),
-        "--heartbeat",
-        "2",
-        "--poll",
-        "1",
-    ])?;
-    let agent = r.join("../x86_64-unknown-linux-musl/agent/ferry-agent");
-    anyhow::ensure!(
-        agent.is_file(),
-        "{} (built by `cargo xtask ramdisk`)",
-        agent.display()
-    );
+    let cd = m.agent_cd(work.path())?;
 
     // 1. The installed system.
     let console = work.path().join("source.log");
     let mut args = machine(work.path(), &system, &console)?;
-    let cd = work.path().join("agent.iso");
-    debian::agent_cd(&cd, &agent, &config)?;
     args.push("-cdrom".into());
     args.push(cd.to_string_lossy().into());
     let mut vm = Qemu::start(work.path(), &console, &args, None)?;
-    let (src_id, src) = wait_agent(&m, &mut vm, "installed", Duration::from_secs(420), |s| {
-        !s.os.storage.md_arrays.is_empty()
-            && s.os
-                .storage
-                .filesystems
-                .iter()
-                .any(|f| f.fstype == "xfs" && !f.mountpoints.is_empty())
-            && s.apps.listening.iter().any(|l| l.port == 80)
-    })
-    .await?;
+    let (src_id, src) = m
+        .wait_survey(&mut vm, "installed", Duration::from_secs(420), |s| {
+            !s.os.storage.md_arrays.is_empty()
+                && s.os
+                    .storage
+                    .filesystems
+                    .iter()
+                    .any(|f| f.fstype == "xfs" && !f.mountpoints.is_empty())
+                && s.apps.listening.iter().any(|l| l.port == 80)
+        })
+        .await?;
     check_source(&src)?;
     capture_from_lvm_snapshots(&m, &src_id, work.path()).await?;
     drop(vm);
@@ -147,7 +86,7 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
     let mut args = machine(work.path(), &system, &console)?;
     // The same CD drive, so the hardware is the same.
     args.push("-cdrom".into());
-    args.push(work.path().join("agent.iso").to_string_lossy().into());
+    args.push(cd.to_string_lossy().into());
     args.extend([
         "-kernel".to_string(),
         r.join("vmlinux").to_string_lossy().into(),
@@ -157,10 +96,11 @@ async fn a_debian_source_server_is_surveyed_in_full_and_the_ramdisk_sees_the_sam
         "console=ttyS0,115200 panic=-1".into(),
     ]);
     let mut vm = Qemu::start(work.path(), &console, &args, None)?;
-    let (id, rd) = wait_agent(&m, &mut vm, "ramdisk", Duration::from_secs(300), |s| {
-        s.disks.len() == 3 && s.hardware.cpu.threads >= 1
-    })
-    .await?;
+    let (id, rd) = m
+        .wait_survey(&mut vm, "ramdisk", Duration::from_secs(300), |s| {
+            s.disks.len() == 3 && s.hardware.cpu.threads >= 1
+        })
+        .await?;
     let hw = |s: &Survey| {
         let disks: Vec<(String, u64, Option<String>)> = s
             .disks
@@ -213,41 +153,14 @@ async fn capture_from_lvm_snapshots(m: &Manager, id: &str, work: &Path) -> Resul
     ])?;
     let v: Value = serde_json::from_str(&out).context("capture --json")?;
     for path in ["/srv/logs", "/srv/web"] {
-        let fs = v["filesystems"]
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["path"] == path))
-            .with_context(|| format!("{path} not captured: {v:#}"))?;
+        let fs = captured(&v, path)?;
         anyhow::ensure!(fs["consistency"] == "lvm-snapshot", "{path}: {fs:#}");
         anyhow::ensure!(fs["files"].as_u64() > Some(100), "{path}: {fs:#}");
     }
-    let survey: Survey = serde_json::from_str(&m.ferry(&["survey", id, "--json"])?)?;
-    let left: Vec<&str> = survey
-        .os
-        .storage
-        .lvm
-        .lvs
-        .iter()
-        .map(|l| l.name.as_str())
-        .filter(|n| n.starts_with("ferry-snap"))
-        .collect();
-    anyhow::ensure!(left.is_empty(), "snapshots left behind: {left:?}");
+    m.ensure_no_snapshots(id)?;
 
-    let config = ferry_manager::config::ManagerConfig::load(&m.config)?;
     let to = work.join("restored-logs");
-    std::fs::create_dir_all(&to)?;
-    let target = to.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let lib = ferry_manager::images::open(&config)?;
-        let req = ferry_image::RestoreRequest {
-            image: "src".into(),
-            at: None,
-            fs: "/srv/logs".into(),
-            target,
-            overwrite: false,
-        };
-        ferry_image::restore(&lib, &req, &ferry_image::Meter::silent())
-    })
-    .await??;
+    let report = m.restore("src", "/srv/logs", &to).await?;
     anyhow::ensure!(report.error_count == 0, "{report:?}");
     let root = debian::root_tree()?;
     let diffs: Vec<String> =
