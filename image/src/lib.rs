@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod capture;
 pub mod library;
+pub mod pack;
 pub mod progress;
 pub mod restore;
 mod unchanged;

@@ -279,6 +279,13 @@ impl Library {
         RepositoryBackends::new(Arc::new(be), None)
     }
 
+    /// The library's store as a rustic_core backend, for files Ferry writes itself
+    /// ([`crate::pack`]; only its tests so far).
+    #[cfg(test)]
+    pub(crate) fn write_backend(&self) -> Arc<dyn rustic_core::WriteBackend> {
+        self.backends().repository()
+    }
+
     fn options() -> RepositoryOptions {
         let mut opts = RepositoryOptions::default();
         opts.no_cache = true;
