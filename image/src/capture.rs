@@ -22,6 +22,7 @@ use rustic_core::{
     RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
 };
 
+use crate::archive::Archived;
 use crate::library::{Library, TAG_CAPTURE, TAG_IMAGE, TAG_MANIFEST, rustic};
 use crate::progress::{Bars, Meter};
 
@@ -145,11 +146,18 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
                 None
             }
         });
-        let read = capture_tree(&repo, req, &capture, fs, parent, meter);
+        let read = capture_tree(&repo, lib, req, &capture, fs, parent, meter);
         if let Some(why) = held.and_then(|h| h.end()) {
             why_live = Some(why);
         }
-        let (snap, files) = read?;
+        let Archived {
+            snap,
+            entries: files,
+            warnings,
+        } = read?;
+        manifest
+            .warnings
+            .extend(warnings.into_iter().map(|w| format!("{}: {w}", fs.path)));
         meter.finish();
         if let Some(why) = why_live {
             consistency = Consistency::Live;
@@ -214,12 +222,13 @@ fn tags(req: &CaptureRequest, capture: &str) -> String {
 
 fn capture_tree<S: IndexedIds>(
     repo: &Repository<S>,
+    lib: &Library,
     req: &CaptureRequest,
     capture: &str,
     fs: &FsSource,
     parent: Option<String>,
     meter: &Arc<Meter>,
-) -> Result<(SnapshotFile, u64)> {
+) -> Result<Archived> {
     let what = format!("capture of {}", fs.path);
     let snap = SnapshotOptions::default()
         .host(req.hostname.clone())
@@ -245,8 +254,8 @@ fn capture_tree<S: IndexedIds>(
         // A device's metadata says nothing of its content: read it all every time
         // (unchanged chunks are still not uploaded again).
         opts.parent_opts.force = true;
-        let (snap, _) = archive(repo, &opts, DeviceSource::open(fs)?, snap, fs, meter)?;
-        return Ok((snap, 1));
+        let done = archive(repo, &opts, DeviceSource::open(fs)?, snap, fs, meter)?;
+        return Ok(Archived { entries: 1, ..done });
     }
     let mut excludes = Excludes::default();
     excludes.globs = req.excludes.iter().map(|g| format!("!{g}")).collect();
@@ -261,6 +270,22 @@ fn capture_tree<S: IndexedIds>(
         &[&fs.read_from],
     )
     .map_err(rustic(&what))?;
+    if opts.parent_opts.parents.is_empty() {
+        // A first capture: Ferry's own archiver, same snapshot, fewer hand-offs.
+        let done = crate::archive::archive(
+            repo,
+            lib.write_backend(),
+            &src,
+            &fs.read_from,
+            Path::new(&fs.path),
+            snap,
+            meter,
+        )?;
+        return Ok(Archived {
+            snap: save(repo, done.snap, capture, &fs.path)?,
+            ..done
+        });
+    }
     archive(repo, &opts, src, snap, fs, meter)
 }
 
@@ -273,7 +298,7 @@ fn archive<S, R>(
     snap: SnapshotFile,
     fs: &FsSource,
     meter: &Arc<Meter>,
-) -> Result<(SnapshotFile, u64)>
+) -> Result<Archived>
 where
     S: IndexedIds,
     R: ReadSource + 'static,
@@ -289,7 +314,11 @@ where
     let snap = repo
         .archive(opts, &counted, snap, std::slice::from_ref(&fs.read_from))
         .map_err(rustic(format!("capture of {}", fs.path)))?;
-    Ok((snap, files.load(Ordering::Relaxed)))
+    Ok(Archived {
+        snap,
+        entries: files.load(Ordering::Relaxed),
+        warnings: Vec::new(),
+    })
 }
 
 /// Saves `snap` with the tree of `prev`, which the filesystem still matches.
@@ -299,8 +328,7 @@ fn keep_tree<S: IndexedIds>(
     prev: &SnapshotFile,
     capture: &str,
     path: &str,
-) -> Result<(SnapshotFile, u64)> {
-    let what = format!("capture of {path}");
+) -> Result<Archived> {
     snap.tree = prev.tree;
     snap.paths = prev.paths.clone();
     snap.parent = Some(prev.id);
@@ -315,16 +343,29 @@ fn keep_tree<S: IndexedIds>(
     (summary.data_added_trees, summary.data_added_trees_packed) = (0, 0);
     summary.command = "ferry capture (unchanged: the parent's tree)".into();
     snap.summary = Some(summary);
-    let time = snap.time.clone();
+    Ok(Archived {
+        snap: save(repo, snap, capture, path)?,
+        entries: 0,
+        warnings: Vec::new(),
+    })
+}
+
+/// Saves `snap` of capture `capture` of `path`; the saved snapshot, with its id.
+fn save<S: rustic_core::Open>(
+    repo: &Repository<S>,
+    snap: SnapshotFile,
+    capture: &str,
+    path: &str,
+) -> Result<SnapshotFile> {
+    let what = format!("capture of {path}");
+    let (time, tree) = (snap.time.clone(), snap.tree);
     repo.save_snapshots(vec![snap]).map_err(rustic(&what))?;
     let tag = format!("{TAG_CAPTURE}{capture}");
-    let saved = repo
-        .get_all_snapshots()
+    repo.get_all_snapshots()
         .map_err(rustic(&what))?
         .into_iter()
-        .find(|s| s.tags.contains(&tag) && s.tree == prev.tree && s.time == time)
-        .ok_or_else(|| anyhow!("{what}: the saved snapshot is not in the library"))?;
-    Ok((saved, 0))
+        .find(|s| s.tags.contains(&tag) && s.tree == tree && s.time == time)
+        .ok_or_else(|| anyhow!("{what}: the saved snapshot is not in the library"))
 }
 
 /// A source that counts the entries the archiver takes from it.

@@ -13,6 +13,7 @@
 //!   failure counted.
 //! - [`progress`]: bytes, files, rate and ETA for terminals and status files.
 
+mod archive;
 pub mod backend;
 pub mod capture;
 pub mod library;

@@ -280,8 +280,7 @@ impl Library {
     }
 
     /// The library's store as a rustic_core backend, for files Ferry writes itself
-    /// ([`crate::pack`]; only its tests so far).
-    #[cfg(test)]
+    /// ([`crate::archive`]).
     pub(crate) fn write_backend(&self) -> Arc<dyn rustic_core::WriteBackend> {
         self.backends().repository()
     }
