@@ -157,16 +157,16 @@ fn capture_paths(
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    let survey = crate::survey::survey();
     let req = CaptureRequest {
         image: image.to_string(),
         filesystems: plan.sources.clone(),
         excludes: what.excludes.to_vec(),
-        hostname: survey.hostname.clone(),
-        survey: Some(survey),
+        hostname: host.read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        survey: None,
         warnings: plan.warnings.clone(),
     };
-    ferry_image::capture(lib, &req, meter)
+    // The survey (for the manifest) runs while the filesystems are read.
+    ferry_image::capture_surveyed(lib, &req, meter, || Some(crate::survey::survey()))
 }
 
 /// `ferry-agent capture`: the given mount points, each from a snapshot where one can be

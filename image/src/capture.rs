@@ -18,8 +18,8 @@ use ferry_model::image::{
 use ferry_model::survey::Survey;
 use rustic_core::repofile::{Metadata, Node, NodeType, SnapshotFile};
 use rustic_core::{
-    BackupOptions, Excludes, IndexedIds, LocalSource, ReadSource, ReadSourceEntry,
-    RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
+    BackupOptions, Excludes, IndexedIds, IndexedIdsStatus, LocalSource, ReadSource,
+    ReadSourceEntry, RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
 };
 
 use crate::archive::Archived;
@@ -88,6 +88,34 @@ pub struct CaptureRequest {
 
 /// Captures `req` into the library; returns the manifest written last.
 pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Result<Manifest> {
+    capture_surveyed(lib, req, meter, || req.survey.clone())
+}
+
+/// [`capture`] while `survey` runs on a thread of its own; what it returns is the
+/// manifest's survey (in place of `req.survey`).
+pub fn capture_surveyed(
+    lib: &Library,
+    req: &CaptureRequest,
+    meter: &Arc<Meter>,
+    survey: impl FnOnce() -> Option<Survey> + Send,
+) -> Result<Manifest> {
+    std::thread::scope(|s| {
+        let survey = s.spawn(survey);
+        let (repo, manifest) = read_filesystems(lib, req, meter)?;
+        let survey = survey
+            .join()
+            .map_err(|_| anyhow!("image {}: the survey failed", req.image))?;
+        write_manifest(&repo, req, &manifest, survey)?;
+        Ok(manifest)
+    })
+}
+
+/// Everything of a capture but its manifest: the open library and the manifest.
+fn read_filesystems(
+    lib: &Library,
+    req: &CaptureRequest,
+    meter: &Arc<Meter>,
+) -> Result<(Repository<IndexedIdsStatus>, Manifest)> {
     check_image_name(&req.image).map_err(|e| anyhow!(e))?;
     if req.filesystems.is_empty() {
         return Err(anyhow!("image {}: nothing to capture", req.image));
@@ -189,8 +217,7 @@ pub fn capture(lib: &Library, req: &CaptureRequest, meter: &Arc<Meter>) -> Resul
         });
     }
     manifest.finished = now();
-    write_manifest(&repo, req, &manifest)?;
-    Ok(manifest)
+    Ok((repo, manifest))
 }
 
 fn now() -> String {
@@ -220,7 +247,7 @@ fn tags(req: &CaptureRequest, capture: &str) -> String {
     format!("ferry,{TAG_IMAGE}{},{TAG_CAPTURE}{capture}", req.image)
 }
 
-fn capture_tree<S: IndexedIds>(
+fn capture_tree<S: IndexedIds + Sync>(
     repo: &Repository<S>,
     lib: &Library,
     req: &CaptureRequest,
@@ -499,12 +526,13 @@ fn write_manifest<S: IndexedIds>(
     repo: &Repository<S>,
     req: &CaptureRequest,
     manifest: &Manifest,
+    survey: Option<Survey>,
 ) -> Result<()> {
     let what = "writing the manifest";
     let dir = tempfile_dir()?;
     let file = dir.join("manifest.json");
     let mut full = manifest.clone();
-    full.survey = req.survey.clone().map(Box::new);
+    full.survey = survey.map(Box::new);
     std::fs::write(&file, serde_json::to_vec_pretty(&full)?)
         .with_context(|| format!("{}: cannot write", file.display()))?;
     let result = (|| {

@@ -22,7 +22,7 @@ pub mod progress;
 pub mod restore;
 mod unchanged;
 
-pub use capture::{CaptureRequest, FsSource, Hold, capture};
+pub use capture::{CaptureRequest, FsSource, Hold, capture, capture_surveyed};
 pub use ferry_model::image::RestoreReport;
 pub use library::{ImageSummary, Library, Location};
 pub use progress::{Meter, Report};

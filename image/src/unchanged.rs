@@ -9,7 +9,9 @@
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use rustic_core::jiff::Timestamp;
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
@@ -19,7 +21,7 @@ use crate::restore::unix_mode;
 
 /// Whether the tree at `dir` matches `node` (its directory node in the parent
 /// snapshot) entry by entry. `None`: it does not, or could not be compared.
-pub(crate) fn unchanged<S: IndexedTree>(
+pub(crate) fn unchanged<S: IndexedTree + Sync>(
     repo: &Repository<S>,
     parent: &SnapshotFile,
     path: &str,
@@ -29,15 +31,77 @@ pub(crate) fn unchanged<S: IndexedTree>(
     // root's own metadata is in the manifest): only what it holds is compared.
     let root = repo.node_from_snapshot_and_path(parent, path).ok()?;
     let meta = std::fs::symlink_metadata(dir).ok()?;
-    same_tree(repo, &root, dir, meta.dev())
+    let dev = meta.dev();
+    // Directories are compared by one worker per core, each taking the next one
+    // waiting and queueing the directories it finds.
+    let work = Work {
+        state: Mutex::new((vec![(dir.to_path_buf(), root)], 1)),
+        changed: AtomicBool::new(false),
+        wake: Condvar::new(),
+    };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some((dir, node)) = work.next() {
+                    let found = same_dir(repo, &node, &dir, dev);
+                    work.done(found);
+                }
+            });
+        }
+    });
+    (!work.changed.load(Ordering::Relaxed)).then_some(())
 }
 
-fn same_tree<S: IndexedTree>(
+/// Directories waiting to be compared and how many are not finished; whether a
+/// difference was found.
+struct Work {
+    state: Mutex<(Vec<(PathBuf, Node)>, usize)>,
+    changed: AtomicBool,
+    wake: Condvar,
+}
+
+impl Work {
+    /// The next directory to compare; `None` when all are done or one differed.
+    fn next(&self) -> Option<(PathBuf, Node)> {
+        let mut state = self.state.lock().ok()?;
+        loop {
+            if self.changed.load(Ordering::Relaxed) || state.1 == 0 {
+                return None;
+            }
+            if let Some(job) = state.0.pop() {
+                return Some(job);
+            }
+            state = self.wake.wait(state).ok()?;
+        }
+    }
+
+    /// A directory compared: its subdirectories to compare, or `None` if it differs.
+    fn done(&self, found: Option<Vec<(PathBuf, Node)>>) {
+        let Ok(mut state) = self.state.lock() else {
+            self.changed.store(true, Ordering::Relaxed);
+            return;
+        };
+        match found {
+            Some(dirs) => {
+                state.1 += dirs.len();
+                state.0.extend(dirs);
+            }
+            None => self.changed.store(true, Ordering::Relaxed),
+        }
+        state.1 -= 1;
+        self.wake.notify_all();
+    }
+}
+
+/// Compares the entries of `dir` with the tree of `node`; the subdirectories to
+/// compare next, or `None` if anything differs.
+fn same_dir<S: IndexedTree>(
     repo: &Repository<S>,
     node: &Node,
     dir: &Path,
     dev: u64,
-) -> Option<()> {
+) -> Option<Vec<(PathBuf, Node)>> {
     let tree = repo.get_tree(&node.subtree?).ok()?;
     let mut names: Vec<OsString> = std::fs::read_dir(dir)
         .ok()?
@@ -48,22 +112,23 @@ fn same_tree<S: IndexedTree>(
         return None;
     }
     names.sort();
-    for (name, child) in names.iter().zip(&tree.nodes) {
+    let mut dirs = Vec::new();
+    for (name, child) in names.iter().zip(tree.nodes) {
         if *child.name() != *name.as_os_str() {
             return None;
         }
         let path = dir.join(name);
         let meta = std::fs::symlink_metadata(&path).ok()?;
-        same(child, &meta)?;
+        same(&child, &meta)?;
         if meta.is_dir() {
             // Another filesystem mounted inside: the archiver decides.
             if meta.dev() != dev {
                 return None;
             }
-            same_tree(repo, child, &path, dev)?;
+            dirs.push((path, child));
         }
     }
-    Some(())
+    Some(dirs)
 }
 
 /// Whether `node` still describes the entry whose metadata is `m`.
