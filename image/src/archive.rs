@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,17 +24,42 @@ use crate::progress::Meter;
 
 /// Data packs are written at this size; tree packs at a quarter of it.
 const PACK_SIZE: usize = 16 << 20;
-/// An index file is written after this many packs (and at the end), so a capture that
-/// is killed loses little that is not indexed.
+/// An index file is written after this many packs or blobs (and at the end), so a
+/// capture that is killed loses little that is not indexed and no index file grows
+/// large.
 const PACKS_PER_INDEX: usize = 64;
+const BLOBS_PER_INDEX: usize = 50_000;
 
 /// restic's content-defined chunking parameters of a library.
 #[derive(Clone, Copy)]
-struct Chunking {
+pub(crate) struct Chunking {
     poly: Polynom64,
     min: usize,
     max: usize,
     mask: u64,
+}
+
+impl Chunking {
+    /// The library's chunking, when it is the content-defined kind with parameters
+    /// rustic_core accepts (an average size that is a power of two between the
+    /// minimum and the maximum, a minimum of at least the 64-byte window); else
+    /// `None`, and rustic_core's archiver reads the tree.
+    pub(crate) fn of(config: &rustic_core::repofile::ConfigFile) -> Option<Chunking> {
+        use rustic_core::repofile::Chunker;
+        if !matches!(config.chunker, None | Some(Chunker::Rabin)) {
+            return None;
+        }
+        let size = config.chunk_size.unwrap_or(1 << 20);
+        let min = config.chunk_min_size.unwrap_or(512 << 10);
+        let max = config.chunk_max_size.unwrap_or(8 << 20);
+        (size.is_power_of_two() && (64..=size).contains(&min) && size <= max).then_some(())?;
+        Some(Chunking {
+            poly: config.poly().ok()?,
+            min,
+            max,
+            mask: size as u64 - 1,
+        })
+    }
 }
 
 /// Where blobs go: sealed, deduplicated, packed, written, indexed.
@@ -42,7 +67,9 @@ struct Sink {
     be: Arc<dyn WriteBackend>,
     cipher: Cipher,
     level: Option<i32>,
-    known: Mutex<HashSet<Id>>,
+    /// Blobs the library or this capture has, by type: a data chunk and a tree with
+    /// the same bytes are two blobs.
+    known: Mutex<HashSet<(BlobType, Id)>>,
     data: Mutex<Pack>,
     trees: Mutex<Pack>,
     indexed: Mutex<Vec<IndexedPack>>,
@@ -63,7 +90,7 @@ impl Sink {
     /// Stores blob `plain` unless the library or this capture has it; its id.
     fn store(&self, tpe: BlobType, plain: &[u8]) -> Result<Id> {
         let id = crate::pack::hash(plain);
-        if !self.lock(&self.known)?.insert(id) {
+        if !self.lock(&self.known)?.insert((tpe, id)) {
             return Ok(id);
         }
         let blob = seal_blob(&self.cipher, self.level, plain)?;
@@ -123,7 +150,9 @@ impl Sink {
         let batch = {
             let mut indexed = self.lock(&self.indexed)?;
             indexed.push(entry);
-            (indexed.len() >= PACKS_PER_INDEX).then(|| std::mem::take(&mut *indexed))
+            let blobs: usize = indexed.iter().map(|p| p.blob_ids().count()).sum();
+            (indexed.len() >= PACKS_PER_INDEX || blobs >= BLOBS_PER_INDEX)
+                .then(|| std::mem::take(&mut *indexed))
         };
         match batch {
             Some(packs) => self.write_index(&packs),
@@ -158,7 +187,7 @@ impl Sink {
 }
 
 /// The blob ids a library holds, from its index files.
-fn known_blobs<S: rustic_core::Open>(repo: &Repository<S>) -> Result<HashSet<Id>> {
+fn known_blobs<S: rustic_core::Open>(repo: &Repository<S>) -> Result<HashSet<(BlobType, Id)>> {
     let mut known = HashSet::new();
     for file in repo
         .stream_files::<IndexFile>()
@@ -169,7 +198,7 @@ fn known_blobs<S: rustic_core::Open>(repo: &Repository<S>) -> Result<HashSet<Id>
             for blob in pack.blobs {
                 let mut id = [0u8; 32];
                 if hex::decode_to_slice(blob.id.to_hex().as_str(), &mut id).is_ok() {
-                    known.insert(id);
+                    known.insert((blob.tpe, id));
                 }
             }
         }
@@ -256,8 +285,9 @@ enum Step<O> {
     Enter(Node),
     /// The current directory ends.
     Leave,
-    /// A non-directory entry; files come with what opens them.
-    Entry(Node, Option<O>),
+    /// A non-directory entry at its path in the snapshot; files come with what opens
+    /// them.
+    Entry(Node, Option<O>, PathBuf),
 }
 
 /// The walk of `src` as steps, the captured directory `root` placed at `as_path`.
@@ -313,7 +343,7 @@ fn steps<O>(
             }
         }
         if !is_dir {
-            out.push(Step::Entry(node, open));
+            out.push(Step::Entry(node, open, at));
         }
     }
     for _ in 0..depth.len() {
@@ -326,7 +356,16 @@ fn steps<O>(
 /// blob ids or why it could not be read.
 struct Slot<O> {
     open: Mutex<Option<(String, O)>>,
-    content: Mutex<Option<Result<Vec<DataId>, String>>>,
+    content: Mutex<Option<Content>>,
+}
+
+/// A file's blob ids and bytes read, or why it could not be read.
+type Content = Result<(Vec<DataId>, u64), String>;
+
+/// Where the archiver writes: a library's backend, chunked its way.
+pub(crate) struct Destination {
+    pub chunking: Chunking,
+    pub be: Arc<dyn WriteBackend>,
 }
 
 /// What the archiver made: the snapshot (saved) and entries taken.
@@ -340,7 +379,7 @@ pub(crate) struct Archived {
 /// placed at `as_path`; saves the snapshot.
 pub(crate) fn archive<S, R>(
     repo: &Repository<S>,
-    be: Arc<dyn WriteBackend>,
+    Destination { chunking, be }: Destination,
     src: &R,
     root: &Path,
     as_path: &Path,
@@ -354,12 +393,6 @@ where
 {
     let what = format!("capture of {}", as_path.display());
     let config = repo.config();
-    let chunking = Chunking {
-        poly: config.poly().map_err(rustic(&what))?,
-        min: config.chunk_min_size.unwrap_or(512 << 10),
-        max: config.chunk_max_size.unwrap_or(8 << 20),
-        mask: config.chunk_size.unwrap_or(1 << 20) as u64 - 1,
-    };
     let sink = Sink {
         be,
         cipher: Cipher::new(&repo.key())?,
@@ -380,15 +413,17 @@ where
 
     // File contents, in parallel: slots taken in order by an atomic counter.
     let files: Vec<usize> = (0..steps.len())
-        .filter(|&i| matches!(&steps[i], Step::Entry(n, Some(_)) if n.node_type == NodeType::File))
+        .filter(
+            |&i| matches!(&steps[i], Step::Entry(n, Some(_), _) if n.node_type == NodeType::File),
+        )
         .collect();
     let slots: Vec<Slot<R::Open>> = files
         .iter()
         .map(|&i| Slot {
             open: Mutex::new(match &mut steps[i] {
-                Step::Entry(n, open) => open
-                    .take()
-                    .map(|o| (n.name().to_string_lossy().to_string(), o)),
+                Step::Entry(_, open, at) => {
+                    open.take().map(|o| (at.to_string_lossy().to_string(), o))
+                }
                 _ => None,
             }),
             content: Mutex::new(None),
@@ -426,7 +461,7 @@ where
                     });
                     meter.add_file();
                     let slot = match result {
-                        Ok(_) => Ok(ids),
+                        Ok(read) => Ok((ids, read)),
                         // A store that fails ends the capture; a file that cannot
                         // be read is left out with a warning.
                         Err(e) if e.is::<Unreadable>() => Err(format!("{name}: {e}")),
@@ -480,26 +515,25 @@ where
                     .1
                     .push(node);
             }
-            Step::Entry(mut node, _) => {
+            Step::Entry(mut node, _, at) => {
                 if node.node_type == NodeType::File {
                     let content = slots
                         .get(slot_of[i])
                         .and_then(|c| c.content.lock().ok()?.take());
                     match content {
-                        Some(Ok(ids)) => node.content = Some(ids),
+                        Some(Ok((ids, read))) => {
+                            node.content = Some(ids);
+                            bytes += read;
+                        }
                         Some(Err(why)) => {
                             warnings.push(format!("left out: {why}"));
                             continue;
                         }
                         None => {
-                            warnings.push(format!(
-                                "left out: {}: not read",
-                                node.name().to_string_lossy()
-                            ));
+                            warnings.push(format!("left out: {}: not read", at.display()));
                             continue;
                         }
                     }
-                    bytes += node.meta.size;
                 }
                 // Every entry that is no directory counts as a file, as with rustic.
                 n_files += 1;
@@ -536,6 +570,8 @@ where
     summary.data_added_packed = stats.data_added_packed + stats.trees_added_packed;
     summary.command = "ferry capture".into();
     let took = started.elapsed();
+    summary.backup_end = rustic_core::jiff::Zoned::now();
+    summary.backup_start = summary.backup_end.saturating_sub(took);
     summary.backup_duration = took.as_secs_f64();
     summary.total_duration = took.as_secs_f64();
     snap.summary = Some(summary);
@@ -571,6 +607,9 @@ mod tests {
         std::fs::write(dir.join("b/c/mid"), noise(700 << 10, 2))?;
         std::fs::write(dir.join("b/small"), b"small\n")?;
         std::fs::write(dir.join("a-empty"), b"")?;
+        // The same bytes as the tree of the empty directory: a data blob and a tree
+        // blob with one id.
+        std::fs::write(dir.join("as-tree"), b"{\"nodes\":[]}\n")?;
         std::fs::hard_link(dir.join("b/small"), dir.join("b/c/d/linked"))?;
         symlink("../big", dir.join("b/up"))?;
         nix::unistd::mkfifo(
@@ -588,12 +627,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let src_dir = dir.path().join("src");
         tree(&src_dir)?;
-        let lib = crate::Library::connect(
-            &crate::Location::parse(&dir.path().join("lib").to_string_lossy())?,
-            "pw",
-        )?;
-        lib.init()?;
-        for as_path in ["/", "/srv/data"] {
+        for (i, as_path) in ["/", "/srv/data"].into_iter().enumerate() {
+            // Ours first, into a fresh library, which must then check clean.
+            let lib = crate::Library::connect(
+                &crate::Location::parse(&dir.path().join(format!("lib{i}")).to_string_lossy())?,
+                "pw",
+            )?;
+            lib.init()?;
             let repo = lib.open()?.to_indexed_ids().map_err(|e| anyhow!("{e}"))?;
             let mut opts = BackupOptions::default();
             opts.as_path = Some(as_path.into());
@@ -604,6 +644,29 @@ mod tests {
                 &[&src_dir],
             )
             .map_err(|e| anyhow!("{e}"))?;
+            let chunking = Chunking::of(repo.config()).expect("restic's chunking");
+            let ours = archive(
+                &repo,
+                Destination {
+                    chunking,
+                    be: lib.write_backend(),
+                },
+                &src,
+                &src_dir,
+                Path::new(as_path),
+                SnapshotFile::default(),
+                &Meter::silent(),
+            )?;
+            assert!(ours.warnings.is_empty(), "{:?}", ours.warnings);
+            repo.save_snapshots(vec![ours.snap.clone()])
+                .map_err(|e| anyhow!("{e}"))?;
+            let report = lib.check(None, true)?;
+            assert!(report.errors.is_empty(), "{as_path}: {report:?}");
+
+            // Then rustic's archiver, reading every file (not taking ours as its
+            // parent): the same tree, and no blob it lacks.
+            opts.parent_opts.force = true;
+            let repo = lib.open()?.to_indexed_ids().map_err(|e| anyhow!("{e}"))?;
             let theirs = repo
                 .archive(
                     &opts,
@@ -612,16 +675,6 @@ mod tests {
                     std::slice::from_ref(&src_dir),
                 )
                 .map_err(|e| anyhow!("{e}"))?;
-            let ours = archive(
-                &repo,
-                lib.write_backend(),
-                &src,
-                &src_dir,
-                Path::new(as_path),
-                SnapshotFile::default(),
-                &Meter::silent(),
-            )?;
-            assert!(ours.warnings.is_empty(), "{:?}", ours.warnings);
             assert_eq!(ours.snap.tree, theirs.tree, "{as_path}");
             let (o, t) = (
                 ours.snap.summary.clone().unwrap_or_default(),
@@ -640,12 +693,9 @@ mod tests {
                 ),
                 "{as_path}"
             );
-            // Nothing new: rustic stored every blob already.
-            assert_eq!((o.data_blobs, o.tree_blobs), (0, 0), "{as_path}");
+            // Every blob, data and tree, was stored as what it is.
+            assert_eq!((t.data_blobs, t.tree_blobs), (0, 0), "{as_path}");
         }
-        // A library written by both checks clean, every pack read back.
-        let report = lib.check(None, true)?;
-        assert!(report.errors.is_empty(), "{report:?}");
         Ok(())
     }
 }

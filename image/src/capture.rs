@@ -101,10 +101,10 @@ pub fn capture_surveyed(
 ) -> Result<Manifest> {
     std::thread::scope(|s| {
         let survey = s.spawn(survey);
-        let (repo, manifest) = read_filesystems(lib, req, meter)?;
-        let survey = survey
-            .join()
-            .map_err(|_| anyhow!("image {}: the survey failed", req.image))?;
+        let read = read_filesystems(lib, req, meter);
+        let survey = survey.join();
+        let (repo, manifest) = read?;
+        let survey = survey.map_err(|_| anyhow!("image {}: the survey failed", req.image))?;
         write_manifest(&repo, req, &manifest, survey)?;
         Ok(manifest)
     })
@@ -297,11 +297,17 @@ fn capture_tree<S: IndexedIds + Sync>(
         &[&fs.read_from],
     )
     .map_err(rustic(&what))?;
-    if opts.parent_opts.parents.is_empty() {
+    if opts.parent_opts.parents.is_empty()
+        && let Some(chunking) = crate::archive::Chunking::of(repo.config())
+    {
         // A first capture: Ferry's own archiver, same snapshot, fewer hand-offs.
+        let to = crate::archive::Destination {
+            chunking,
+            be: lib.write_backend(),
+        };
         let done = crate::archive::archive(
             repo,
-            lib.write_backend(),
+            to,
             &src,
             &fs.read_from,
             Path::new(&fs.path),

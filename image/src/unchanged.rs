@@ -44,7 +44,12 @@ pub(crate) fn unchanged<S: IndexedTree + Sync>(
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some((dir, node)) = work.next() {
-                    let found = same_dir(repo, &node, &dir, dev);
+                    // A worker that failed must still count its directory as done
+                    // (as differing), or the others would wait for it forever.
+                    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        same_dir(repo, &node, &dir, dev)
+                    }))
+                    .unwrap_or(None);
                     work.done(found);
                 }
             });
@@ -80,6 +85,7 @@ impl Work {
     fn done(&self, found: Option<Vec<(PathBuf, Node)>>) {
         let Ok(mut state) = self.state.lock() else {
             self.changed.store(true, Ordering::Relaxed);
+            self.wake.notify_all();
             return;
         };
         match found {

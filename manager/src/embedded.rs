@@ -231,7 +231,8 @@ impl Backend {
 
     /// The ETag and size of object `key` (`None` if there is none), hashing its content
     /// only when its file changed since it was last hashed.
-    async fn known_etag(&self, key: &str) -> S3Result<Option<(ETag, u64)>> {
+    async fn known_etag(&self, key: &str) -> S3Result<Option<(ETag, u64, FileStamp)>> {
+        ferry_mailbox::store::check_key(key).map_err(internal)?;
         let path = self.store.root().join(key);
         let before = stamp(&path);
         let known = before.and_then(|st| {
@@ -239,7 +240,7 @@ impl Backend {
             etags
                 .get(key)
                 .filter(|(at, _)| *at == st)
-                .map(|(_, e)| (e.clone(), st.2))
+                .map(|(_, e)| (e.clone(), st.2, st))
         });
         if known.is_some() {
             return Ok(known);
@@ -248,17 +249,21 @@ impl Backend {
             return Ok(None);
         };
         let etag = etag_of(&bytes);
-        // Remembered only if the file did not change while it was read.
-        if let Some(st) =
-            before.filter(|st| stamp(&path) == Some(*st) && st.2 == bytes.len() as u64)
-            && let Ok(mut etags) = self.etags.lock()
-        {
+        // Trusted (and remembered) only if the file did not change while it was read.
+        let Some(st) = before.filter(|st| stamp(&path) == Some(*st) && st.2 == bytes.len() as u64)
+        else {
+            return Err(s3_error!(
+                SlowDown,
+                "the object changed while it was read; try again"
+            ));
+        };
+        if let Ok(mut etags) = self.etags.lock() {
             if etags.len() >= ETAGS_KEPT {
                 etags.clear();
             }
             etags.insert(key.to_string(), (st, etag.clone()));
         }
-        Ok(Some((etag, bytes.len() as u64)))
+        Ok(Some((etag, bytes.len() as u64, st)))
     }
 
     /// Keys under `prefix`: one level when `delimited`, else the whole subtree.
@@ -369,28 +374,41 @@ impl S3 for Backend {
                 ..Default::default()
             }));
         };
-        let Some((e_tag, full)) = self.known_etag(key).await? else {
-            return Err(s3_error!(NoSuchKey));
-        };
-        let r = range
-            .check(full)
-            .map_err(|_| s3_error!(InvalidRange, "the range is not in the object"))?;
-        let Some(bytes) = self
-            .store
-            .get_range(key, r.start, r.end - r.start)
-            .await
-            .map_err(internal)?
-        else {
-            return Err(s3_error!(NoSuchKey));
-        };
-        Ok(S3Response::new(dto::GetObjectOutput {
-            content_length: Some(bytes.len() as i64),
-            content_range: Some(format!("bytes {}-{}/{full}", r.start, r.end - 1)),
-            e_tag: Some(e_tag),
-            last_modified: modified(self.store.root(), key),
-            body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
-            ..Default::default()
-        }))
+        // The ETag, size and bytes must be of one version of the object: read again
+        // if it was replaced meanwhile.
+        for _ in 0..3 {
+            let Some((e_tag, full, at)) = self.known_etag(key).await? else {
+                return Err(s3_error!(NoSuchKey));
+            };
+            let r = range
+                .check(full)
+                .map_err(|_| s3_error!(InvalidRange, "the range is not in the object"))?;
+            let Some(bytes) = self
+                .store
+                .get_range(key, r.start, r.end - r.start)
+                .await
+                .map_err(internal)?
+            else {
+                return Err(s3_error!(NoSuchKey));
+            };
+            if bytes.len() as u64 != r.end - r.start
+                || stamp(&self.store.root().join(key)) != Some(at)
+            {
+                continue;
+            }
+            return Ok(S3Response::new(dto::GetObjectOutput {
+                content_length: Some(bytes.len() as i64),
+                content_range: Some(format!("bytes {}-{}/{full}", r.start, r.end - 1)),
+                e_tag: Some(e_tag),
+                last_modified: modified(self.store.root(), key),
+                body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
+                ..Default::default()
+            }));
+        }
+        Err(s3_error!(
+            SlowDown,
+            "the object kept changing while it was read; try again"
+        ))
     }
 
     async fn head_object(

@@ -216,8 +216,8 @@ pub const LVM_VERSION: u32 = 1;
 pub const LVM_BOOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f51";
 /// The root filesystem's UUID on the root-on-LVM disk.
 pub const LVM_ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f52";
-/// Free room left in the volume group `sys` for snapshots (of a 3 GiB disk, with a
-/// 2 GiB root volume).
+/// Size of the root volume; the rest of the volume group `sys` (about 740 MiB of the
+/// 3 GiB disk) stays free for snapshots.
 pub const LVM_ROOT_SIZE: &str = "2G";
 
 /// What the root-on-LVM system adds to the source system's files.
