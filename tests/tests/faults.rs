@@ -193,6 +193,20 @@ async fn agents_resume_after_the_store_is_down_and_lose_nothing() {
     })
     .await
     .expect("online after");
+    // The heartbeat may come back before the status is rewritten with the error.
+    wait_until(
+        "the outage in the status",
+        Duration::from_secs(60),
+        || async {
+            Ok(fleet
+                .view(&id)
+                .await?
+                .status
+                .is_some_and(|s| s.last_error.is_some()))
+        },
+    )
+    .await
+    .expect("the outage is reported in the status");
     let status = fleet.view(&id).await.expect("view").status.expect("status");
     let err = status
         .last_error
