@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
@@ -19,7 +19,7 @@ use rustic_core::{
 };
 
 use crate::library::rustic;
-use crate::pack::{Cipher, Id, IndexedPack, Pack, index_file, seal_blob};
+use crate::pack::{Cipher, Id, IndexedPack, Pack, index_file, seal_blob_as};
 use crate::progress::Meter;
 
 /// Data packs are written at this size; tree packs at a quarter of it.
@@ -90,12 +90,12 @@ impl Sink {
     /// Stores blob `plain` unless the library or this capture has it; its id.
     fn store(&self, tpe: BlobType, plain: &[u8]) -> Result<Id> {
         let id = crate::pack::hash(plain);
-        if !self.lock(&self.known)?.insert((tpe, id)) {
+        if !lock(&self.known)?.insert((tpe, id)) {
             return Ok(id);
         }
-        let blob = seal_blob(&self.cipher, self.level, plain)?;
+        let blob = seal_blob_as(&self.cipher, self.level, id, plain)?;
         {
-            let mut guard = self.lock(&self.stats)?;
+            let mut guard = lock(&self.stats)?;
             let s = &mut *guard;
             let (n, added, packed) = match tpe {
                 BlobType::Data => (
@@ -118,7 +118,7 @@ impl Sink {
             BlobType::Tree => (&self.trees, PACK_SIZE / 4),
         };
         let full = {
-            let mut p = self.lock(pack)?;
+            let mut p = lock(pack)?;
             p.add(blob)?;
             (p.size() >= limit || p.count() >= 10_000)
                 .then(|| std::mem::replace(&mut *p, Pack::new(tpe)))
@@ -127,10 +127,6 @@ impl Sink {
             self.write(tpe, full)?;
         }
         Ok(id)
-    }
-
-    fn lock<'a, T>(&self, m: &'a Mutex<T>) -> Result<std::sync::MutexGuard<'a, T>> {
-        m.lock().map_err(|_| anyhow!("a capture thread failed"))
     }
 
     /// Writes `pack`; every [`PACKS_PER_INDEX`] packs, an index of them.
@@ -148,7 +144,7 @@ impl Sink {
             )
             .map_err(rustic("writing a pack file"))?;
         let batch = {
-            let mut indexed = self.lock(&self.indexed)?;
+            let mut indexed = lock(&self.indexed)?;
             indexed.push(entry);
             let blobs: usize = indexed.iter().map(|p| p.blob_ids().count()).sum();
             (indexed.len() >= PACKS_PER_INDEX || blobs >= BLOBS_PER_INDEX)
@@ -178,12 +174,17 @@ impl Sink {
     /// Writes what is left in the packs, then the index of every pack not yet indexed.
     fn flush(&self) -> Result<()> {
         for (tpe, pack) in [(BlobType::Data, &self.data), (BlobType::Tree, &self.trees)] {
-            let last = std::mem::replace(&mut *self.lock(pack)?, Pack::new(tpe));
+            let last = std::mem::replace(&mut *lock(pack)?, Pack::new(tpe));
             self.write(tpe, last)?;
         }
-        let rest = std::mem::take(&mut *self.lock(&self.indexed)?);
+        let rest = std::mem::take(&mut *lock(&self.indexed)?);
         self.write_index(&rest)
     }
+}
+
+/// `m` locked; a poisoned lock means a capture thread failed.
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| anyhow!("a capture thread failed"))
 }
 
 /// The blob ids a library holds, from its index files.
@@ -407,9 +408,16 @@ where
     let mut warnings = Vec::new();
     let mut steps = steps(src.entries(), root, as_path, &mut warnings);
     let entries = steps.iter().filter(|s| !matches!(s, Step::Leave)).count() as u64;
-    if let Ok(Some(total)) = src.size() {
-        meter.set_total(total);
-    }
+    // The total for the progress, from the walk already made (not a second one).
+    meter.set_total(
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Entry(n, _, _) if n.node_type == NodeType::File => Some(n.meta.size),
+                _ => None,
+            })
+            .sum(),
+    );
 
     // File contents, in parallel: slots taken in order by an atomic counter.
     let files: Vec<usize> = (0..steps.len())
@@ -429,55 +437,41 @@ where
             content: Mutex::new(None),
         })
         .collect();
-    let next = AtomicUsize::new(0);
     let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 8);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= files.len() || failed.lock().map_or(true, |f| f.is_some()) {
-                        return;
-                    }
-                    let Some((name, open)) = slots[k].open.lock().ok().and_then(|mut o| o.take())
-                    else {
-                        continue;
-                    };
-                    let mut ids = Vec::new();
-                    let read = open
-                        .open()
-                        .map_err(|e| anyhow::Error::from(Unreadable(crate::library::brief(&e))));
-                    let result = read.and_then(|r| {
-                        chunks(chunking, r, |chunk| {
-                            ids.push(DataId::from(rustic_core::Id::new(
-                                sink.store(BlobType::Data, chunk)?,
-                            )));
-                            meter.add_bytes(chunk.len() as u64);
-                            Ok(())
-                        })
-                    });
-                    meter.add_file();
-                    let slot = match result {
-                        Ok(read) => Ok((ids, read)),
-                        // A store that fails ends the capture; a file that cannot
-                        // be read is left out with a warning.
-                        Err(e) if e.is::<Unreadable>() => Err(format!("{name}: {e}")),
-                        Err(e) => {
-                            if let Ok(mut f) = failed.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
-                    };
-                    if let Ok(mut c) = slots[k].content.lock() {
-                        *c = Some(slot);
-                    }
+    crate::workers::for_each_index(slots.len(), |k| {
+        let Some((name, open)) = slots[k].open.lock().ok().and_then(|mut o| o.take()) else {
+            return ControlFlow::Continue(());
+        };
+        let mut ids = Vec::new();
+        let read = open
+            .open()
+            .map_err(|e| anyhow::Error::from(Unreadable(crate::library::brief(&e))));
+        let result = read.and_then(|r| {
+            chunks(chunking, r, |chunk| {
+                ids.push(DataId::from(rustic_core::Id::new(
+                    sink.store(BlobType::Data, chunk)?,
+                )));
+                meter.add_bytes(chunk.len() as u64);
+                Ok(())
+            })
+        });
+        meter.add_file();
+        let slot = match result {
+            Ok(read) => Ok((ids, read)),
+            // A store that fails ends the capture; a file that cannot be read is
+            // left out with a warning.
+            Err(e) if e.is::<Unreadable>() => Err(format!("{name}: {e}")),
+            Err(e) => {
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(e);
                 }
-            });
+                return ControlFlow::Break(());
+            }
+        };
+        if let Ok(mut c) = slots[k].content.lock() {
+            *c = Some(slot);
         }
+        ControlFlow::Continue(())
     });
     if let Some(e) = failed.into_inner().ok().flatten() {
         return Err(e.context(what));
@@ -552,7 +546,7 @@ where
     n_dirs += 1;
     sink.flush()?;
 
-    let stats = sink.lock(&sink.stats)?;
+    let stats = lock(&sink.stats)?;
     let mut summary = snap.summary.take().unwrap_or_default();
     summary.files_new = n_files;
     summary.total_files_processed = n_files;

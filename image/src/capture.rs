@@ -16,7 +16,7 @@ use ferry_model::image::{
     Consistency, FsImage, MANIFEST_PATH, MANIFEST_VERSION, Manifest, RootMeta, check_image_name,
 };
 use ferry_model::survey::Survey;
-use rustic_core::repofile::{Metadata, Node, NodeType, SnapshotFile};
+use rustic_core::repofile::{FileType, Metadata, Node, NodeType, SnapshotFile, SnapshotId};
 use rustic_core::{
     BackupOptions, Excludes, IndexedIds, IndexedIdsStatus, LocalSource, ReadSource,
     ReadSourceEntry, RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
@@ -273,7 +273,7 @@ fn capture_tree<S: IndexedIds + Sync>(
             "{}: unchanged since snapshot {id}; its tree is kept",
             fs.path
         );
-        return keep_tree(repo, snap, &prev, capture, &fs.path);
+        return keep_tree(lib, repo, snap, &prev, &fs.path);
     }
     let mut opts = BackupOptions::default();
     opts.as_path = Some(PathBuf::from(&fs.path));
@@ -315,7 +315,7 @@ fn capture_tree<S: IndexedIds + Sync>(
             meter,
         )?;
         return Ok(Archived {
-            snap: save(repo, done.snap, capture, &fs.path)?,
+            snap: save(lib, repo, done.snap, &fs.path)?,
             ..done
         });
     }
@@ -356,10 +356,10 @@ where
 
 /// Saves `snap` with the tree of `prev`, which the filesystem still matches.
 fn keep_tree<S: IndexedIds>(
+    lib: &Library,
     repo: &Repository<S>,
     mut snap: SnapshotFile,
     prev: &SnapshotFile,
-    capture: &str,
     path: &str,
 ) -> Result<Archived> {
     snap.tree = prev.tree;
@@ -377,28 +377,32 @@ fn keep_tree<S: IndexedIds>(
     summary.command = "ferry capture (unchanged: the parent's tree)".into();
     snap.summary = Some(summary);
     Ok(Archived {
-        snap: save(repo, snap, capture, path)?,
+        snap: save(lib, repo, snap, path)?,
         entries: 0,
         warnings: Vec::new(),
     })
 }
 
-/// Saves `snap` of capture `capture` of `path`; the saved snapshot, with its id.
+/// Saves `snap` of `path` as rustic_core's `save_snapshots` does, but knowing the id
+/// it gets (the hash of the file as stored) rather than searching every snapshot for
+/// it; the saved snapshot, with its id.
 fn save<S: rustic_core::Open>(
+    lib: &Library,
     repo: &Repository<S>,
-    snap: SnapshotFile,
-    capture: &str,
+    mut snap: SnapshotFile,
     path: &str,
 ) -> Result<SnapshotFile> {
     let what = format!("capture of {path}");
-    let (time, tree) = (snap.time.clone(), snap.tree);
-    repo.save_snapshots(vec![snap]).map_err(rustic(&what))?;
-    let tag = format!("{TAG_CAPTURE}{capture}");
-    repo.get_all_snapshots()
-        .map_err(rustic(&what))?
-        .into_iter()
-        .find(|s| s.tags.contains(&tag) && s.tree == tree && s.time == time)
-        .ok_or_else(|| anyhow!("{what}: the saved snapshot is not in the library"))
+    let cipher = crate::pack::Cipher::new(&repo.key())?;
+    let level = repo.config().zstd().map_err(rustic(&what))?;
+    snap.id = SnapshotId::default();
+    let (id, file) = crate::pack::seal_file(&cipher, level, &serde_json::to_vec(&snap)?)?;
+    let id = rustic_core::Id::new(id);
+    lib.write_backend()
+        .write_bytes(FileType::Snapshot, &id, false, file.into())
+        .map_err(rustic(&what))?;
+    snap.id = SnapshotId::from(id);
+    Ok(snap)
 }
 
 /// A source that counts the entries the archiver takes from it.

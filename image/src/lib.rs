@@ -21,6 +21,7 @@ pub mod pack;
 pub mod progress;
 pub mod restore;
 mod unchanged;
+mod workers;
 
 pub use capture::{CaptureRequest, FsSource, Hold, capture, capture_surveyed};
 pub use ferry_model::image::RestoreReport;

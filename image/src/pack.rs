@@ -124,7 +124,16 @@ pub struct SealedBlob {
 /// Seals blob `plain`, compressed at zstd `level` (`None`: stored as it is; repository
 /// version 1).
 pub fn seal_blob(cipher: &Cipher, level: Option<i32>, plain: &[u8]) -> Result<SealedBlob> {
-    let id = hash(plain);
+    seal_blob_as(cipher, level, hash(plain), plain)
+}
+
+/// [`seal_blob`] for a caller that has hashed `plain` already (to `id`).
+pub fn seal_blob_as(
+    cipher: &Cipher,
+    level: Option<i32>,
+    id: Id,
+    plain: &[u8],
+) -> Result<SealedBlob> {
     let len = u32::try_from(plain.len()).map_err(|_| anyhow!("a blob of 4 GiB or more"))?;
     let (data, uncompressed) = match level {
         Some(level) => {

@@ -14,11 +14,12 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_model::image::{RestoreReport, RootMeta};
@@ -357,39 +358,30 @@ fn write_contents(
     meter: &Arc<Meter>,
     report: &mut RestoreReport,
 ) -> Result<()> {
-    let next = AtomicUsize::new(0);
     let full = AtomicBool::new(false);
     let shared = Mutex::new(std::mem::take(report));
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if full.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let result = write_file(repo, job, meter);
-                    let Ok(mut r) = shared.lock() else { break };
-                    match result {
-                        Ok(bytes) => {
-                            r.files += 1;
-                            r.bytes += bytes;
-                            meter.add_file();
-                        }
-                        Err(e) if e.full => {
-                            full.store(true, Ordering::Relaxed);
-                            fail(&mut r, &job.path, e.message);
-                        }
-                        Err(e) => fail(&mut r, &job.path, e.message),
-                    }
-                }
-            });
+    crate::workers::for_each_index(jobs.len(), |i| {
+        if full.load(Ordering::Relaxed) {
+            return ControlFlow::Break(());
         }
+        let job = &jobs[i];
+        let result = write_file(repo, job, meter);
+        let Ok(mut r) = shared.lock() else {
+            return ControlFlow::Break(());
+        };
+        match result {
+            Ok(bytes) => {
+                r.files += 1;
+                r.bytes += bytes;
+                meter.add_file();
+            }
+            Err(e) if e.full => {
+                full.store(true, Ordering::Relaxed);
+                fail(&mut r, &job.path, e.message);
+            }
+            Err(e) => fail(&mut r, &job.path, e.message),
+        }
+        ControlFlow::Continue(())
     });
     *report = shared
         .into_inner()

@@ -39,9 +39,8 @@ pub(crate) fn unchanged<S: IndexedTree + Sync>(
         changed: AtomicBool::new(false),
         wake: Condvar::new(),
     };
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
     std::thread::scope(|s| {
-        for _ in 0..workers {
+        for _ in 0..crate::workers::count() {
             s.spawn(|| {
                 while let Some((dir, node)) = work.next() {
                     // A worker that failed must still count its directory as done

@@ -155,11 +155,7 @@ pub fn source_disk() -> Result<PathBuf> {
     let _ = std::fs::remove_file(&tmp);
     let mnt = dir.join(format!("debian-mnt-v{VERSION}"));
     std::fs::create_dir_all(&mnt)?;
-    let grub_cfg = format!(
-        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
-         insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {ROOT_UUID}\n\
-         menuentry 'Debian' {{\n  linux /boot/vmlinuz-{version} root=UUID={ROOT_UUID} ro console=ttyS0,115200 net.ifnames=0 panic=30\n  initrd /boot/initrd.img-{version}\n}}\n"
-    );
+    let grub_cfg = grub_cfg(ROOT_UUID, "/boot", &version, &format!("UUID={ROOT_UUID}"));
     let script = format!(
         "truncate -s 3G '{tmp}'\n\
          sgdisk -Z -n1:0:+1M -t1:EF02 -c1:bios -n2:0:0 -t2:8300 -c2:root '{tmp}' >/dev/null\n\
@@ -179,6 +175,17 @@ pub fn source_disk() -> Result<PathBuf> {
     sh(&script).context("building the Debian source disk")?;
     std::fs::rename(&tmp, &disk)?;
     Ok(disk)
+}
+
+/// A GRUB config on the serial console that boots kernel `version` from the
+/// filesystem with UUID `boot` (kernel and initramfs in its folder `dir`: `/boot`, or
+/// `""` for a /boot partition) with root filesystem `root`.
+fn grub_cfg(boot: &str, dir: &str, version: &str, root: &str) -> String {
+    format!(
+        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
+         insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {boot}\n\
+         menuentry 'Debian' {{\n  linux {dir}/vmlinuz-{version} root={root} ro console=ttyS0,115200 net.ifnames=0 panic=30\n  initrd {dir}/initrd.img-{version}\n}}\n"
+    )
 }
 
 /// Writes `files` into the tree at `root` and enables the systemd `units`.
@@ -353,11 +360,7 @@ pub async fn lvm_root_disk() -> Result<PathBuf> {
     filled.context("copying the Debian root for the root-on-LVM disk")?;
 
     // The disk: partitions and /boot with GRUB; the LVM PV stays blank for the VM.
-    let grub_cfg = format!(
-        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
-         insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {LVM_BOOT_UUID}\n\
-         menuentry 'Debian' {{\n  linux /vmlinuz-{version} root=/dev/mapper/sys-root ro console=ttyS0,115200 net.ifnames=0 panic=30\n  initrd /initrd.img-{version}\n}}\n"
-    );
+    let grub_cfg = grub_cfg(LVM_BOOT_UUID, "", &version, "/dev/mapper/sys-root");
     sh(&format!(
         r#"truncate -s 3G '{tmp}'
 sgdisk -Z -n1:0:+1M -t1:EF02 -c1:bios -n2:0:+256M -t2:8300 -c2:boot -n3:0:0 -t3:8E00 -c3:lvm '{tmp}' >/dev/null
