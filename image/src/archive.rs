@@ -197,14 +197,20 @@ fn known_blobs<S: rustic_core::Open>(repo: &Repository<S>) -> Result<HashSet<(Bl
         let (_, index): (_, IndexFile) = file.map_err(rustic("reading an index file"))?;
         for pack in index.packs {
             for blob in pack.blobs {
-                let mut id = [0u8; 32];
-                if hex::decode_to_slice(blob.id.to_hex().as_str(), &mut id).is_ok() {
+                if let Some(id) = raw_id(&blob.id) {
                     known.insert((blob.tpe, id));
                 }
             }
         }
     }
     Ok(known)
+}
+
+/// The bytes of rustic_core's `id` (which keeps them private but for its hex form).
+fn raw_id(id: &rustic_core::Id) -> Option<Id> {
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(id.to_hex().as_str(), &mut raw).ok()?;
+    Some(raw)
 }
 
 /// The chunks of `r` by restic's rule: at least `min` bytes, then up to the first
@@ -363,10 +369,85 @@ struct Slot<O> {
 /// A file's blob ids and bytes read, or why it could not be read.
 type Content = Result<(Vec<DataId>, u64), String>;
 
+impl<O> Slot<O> {
+    fn empty() -> Slot<O> {
+        Slot {
+            open: Mutex::new(None),
+            content: Mutex::new(None),
+        }
+    }
+}
+
 /// Where the archiver writes: a library's backend, chunked its way.
 pub(crate) struct Destination {
     pub chunking: Chunking,
     pub be: Arc<dyn WriteBackend>,
+}
+
+/// The snapshot a re-capture follows: its tree, and how to read a tree of it.
+pub(crate) struct Parent<'a> {
+    pub tree: TreeId,
+    pub get: &'a dyn Fn(TreeId) -> Result<Tree>,
+}
+
+/// For each step that enters a directory or is an entry, the node of the same name
+/// in the parent snapshot's directory at that place, where there is one.
+fn parent_nodes<O>(steps: &[Step<O>], parent: Option<&Parent<'_>>) -> Vec<Option<Node>> {
+    let Some(parent) = parent else {
+        return vec![None; steps.len()];
+    };
+    let find = |tree: &Tree, node: &Node| {
+        let name = node.name();
+        let at = tree.nodes.binary_search_by(|n| n.name().cmp(&name)).ok()?;
+        Some(tree.nodes[at].clone())
+    };
+    // The parent's trees of the directories the walk is in (`None`: it has none).
+    let mut trees: Vec<Option<Tree>> = vec![(parent.get)(parent.tree).ok()];
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        let (Step::Enter(node) | Step::Entry(node, _, _)) = step else {
+            trees.pop();
+            out.push(None);
+            continue;
+        };
+        let found = trees
+            .last()
+            .and_then(Option::as_ref)
+            .and_then(|t| find(t, node));
+        if matches!(step, Step::Enter(_)) {
+            let subtree = found.as_ref().and_then(|n| n.subtree);
+            trees.push(subtree.and_then(|id| (parent.get)(id).ok()));
+        }
+        out.push(found);
+    }
+    out
+}
+
+/// The content of file `node` as its parent `prior` holds it, when restic's rule says
+/// the file is the same (type, size, mtime, ctime and inode) and the library has
+/// every blob of it.
+fn kept_content(node: &Node, prior: &Node, known: &HashSet<(BlobType, Id)>) -> Option<Vec<DataId>> {
+    let (m, p) = (&node.meta, &prior.meta);
+    let same = node.node_type == NodeType::File
+        && prior.node_type == NodeType::File
+        && m.size == p.size
+        && m.mtime == p.mtime
+        && m.ctime.zip(p.ctime).is_none_or(|(a, b)| a == b)
+        && (m.inode == 0 || p.inode == 0 || m.inode == p.inode);
+    let content = prior.content.as_ref().filter(|_| same)?;
+    let all_known = content
+        .iter()
+        .all(|id| raw_id(id).is_some_and(|raw| known.contains(&(BlobType::Data, raw))));
+    all_known.then(|| content.clone())
+}
+
+/// Whether `node` is what `prior` recorded, but for the access time and the device
+/// (a snapshot's mount has a device number of its own).
+fn unmodified(node: &Node, prior: &Node) -> bool {
+    let mut p = prior.clone();
+    p.meta.atime = node.meta.atime;
+    p.meta.device_id = node.meta.device_id;
+    p == *node
 }
 
 /// What the archiver made: the snapshot (saved) and entries taken.
@@ -377,13 +458,16 @@ pub(crate) struct Archived {
 }
 
 /// Archives what `src` yields from `root` into `repo` as snapshot `snap`, with the tree
-/// placed at `as_path`; saves the snapshot.
+/// placed at `as_path`. A file its `parent` holds unchanged (by restic's rule) is not
+/// read again: its content is the parent's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn archive<S, R>(
     repo: &Repository<S>,
     Destination { chunking, be }: Destination,
     src: &R,
     root: &Path,
     as_path: &Path,
+    parent: Option<&Parent<'_>>,
     mut snap: SnapshotFile,
     meter: &Arc<Meter>,
 ) -> Result<Archived>
@@ -419,24 +503,45 @@ where
             .sum(),
     );
 
-    // File contents, in parallel: slots taken in order by an atomic counter.
+    let prior = parent_nodes(&steps, parent);
+
+    // File contents, in parallel: slots taken in order by an atomic counter. A file
+    // the parent holds unchanged comes with its content.
     let files: Vec<usize> = (0..steps.len())
         .filter(
             |&i| matches!(&steps[i], Step::Entry(n, Some(_), _) if n.node_type == NodeType::File),
         )
         .collect();
-    let slots: Vec<Slot<R::Open>> = files
-        .iter()
-        .map(|&i| Slot {
-            open: Mutex::new(match &mut steps[i] {
-                Step::Entry(_, open, at) => {
-                    open.take().map(|o| (at.to_string_lossy().to_string(), o))
+    let slots: Vec<Slot<R::Open>> = {
+        let known = lock(&sink.known)?;
+        files
+            .iter()
+            .map(|&i| {
+                let Step::Entry(node, open, at) = &mut steps[i] else {
+                    return Slot::empty();
+                };
+                let kept = prior[i]
+                    .as_ref()
+                    .and_then(|p| kept_content(node, p, &known));
+                match kept {
+                    Some(ids) => {
+                        meter.add_bytes(node.meta.size);
+                        meter.add_file();
+                        Slot {
+                            open: Mutex::new(None),
+                            content: Mutex::new(Some(Ok((ids, node.meta.size)))),
+                        }
+                    }
+                    None => Slot {
+                        open: Mutex::new(
+                            open.take().map(|o| (at.to_string_lossy().to_string(), o)),
+                        ),
+                        content: Mutex::new(None),
+                    },
                 }
-                _ => None,
-            }),
-            content: Mutex::new(None),
-        })
-        .collect();
+            })
+            .collect()
+    };
     let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     crate::workers::for_each_index(slots.len(), |k| {
         let Some((name, open)) = slots[k].open.lock().ok().and_then(|mut o| o.take()) else {
@@ -482,9 +587,17 @@ where
     for (k, &i) in files.iter().enumerate() {
         slot_of[i] = k;
     }
-    let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
+    // Each directory the walk is in: its node, its entries so far, the parent's node.
+    let mut stack: Vec<(Option<Node>, Vec<Node>, Option<Node>)> = vec![(None, Vec::new(), None)];
     let mut dirsize = 0u64;
-    let (mut n_files, mut n_dirs, mut bytes) = (0u64, 0u64, 0u64);
+    let mut bytes = 0u64;
+    // New, changed and unmodified files, then directories, against the parent.
+    let (mut files_by, mut dirs_by) = ([0u64; 3], [0u64; 3]);
+    let by = |now: &Node, prior: Option<&Node>| match prior {
+        None => 0,
+        Some(p) if unmodified(now, p) => 2,
+        Some(_) => 1,
+    };
     let finish_tree = |nodes: Vec<Node>, dirsize: &mut u64| -> Result<TreeId> {
         let mut json = serde_json::to_vec(&Tree { nodes })?;
         json.push(b'\n');
@@ -493,16 +606,16 @@ where
             sink.store(BlobType::Tree, &json)?,
         )))
     };
-    for (i, step) in steps.into_iter().enumerate() {
+    for ((i, step), prior) in steps.into_iter().enumerate().zip(prior) {
         match step {
-            Step::Enter(node) => stack.push((Some(node), Vec::new())),
+            Step::Enter(node) => stack.push((Some(node), Vec::new(), prior)),
             Step::Leave => {
-                let (node, nodes) = stack
+                let (node, nodes, prior) = stack
                     .pop()
                     .ok_or_else(|| anyhow!("{what}: the walk's directories do not nest"))?;
                 let mut node = node.ok_or_else(|| anyhow!("{what}: the walk left its root"))?;
                 node.subtree = Some(finish_tree(nodes, &mut dirsize)?);
-                n_dirs += 1;
+                dirs_by[by(&node, prior.as_ref())] += 1;
                 stack
                     .last_mut()
                     .ok_or_else(|| anyhow!("{what}: the walk left its root"))?
@@ -530,7 +643,7 @@ where
                     }
                 }
                 // Every entry that is no directory counts as a file, as with rustic.
-                n_files += 1;
+                files_by[by(&node, prior.as_ref())] += 1;
                 stack
                     .last_mut()
                     .ok_or_else(|| anyhow!("{what}: the walk left its root"))?
@@ -539,20 +652,33 @@ where
             }
         }
     }
-    let (_, nodes) = stack
+    let (_, nodes, _) = stack
         .pop()
         .ok_or_else(|| anyhow!("{what}: the walk's directories do not nest"))?;
     let tree = finish_tree(nodes, &mut dirsize)?;
-    n_dirs += 1;
+    // The snapshot's own root directory, changed unless it is the parent's.
+    dirs_by[match parent {
+        None => 0,
+        Some(p) if p.tree == tree => 2,
+        Some(_) => 1,
+    }] += 1;
     sink.flush()?;
 
     let stats = lock(&sink.stats)?;
     let mut summary = snap.summary.take().unwrap_or_default();
-    summary.files_new = n_files;
-    summary.total_files_processed = n_files;
+    [
+        summary.files_new,
+        summary.files_changed,
+        summary.files_unmodified,
+    ] = files_by;
+    [
+        summary.dirs_new,
+        summary.dirs_changed,
+        summary.dirs_unmodified,
+    ] = dirs_by;
+    summary.total_files_processed = files_by.iter().sum();
     summary.total_bytes_processed = bytes;
-    summary.dirs_new = n_dirs;
-    summary.total_dirs_processed = n_dirs;
+    summary.total_dirs_processed = dirs_by.iter().sum();
     summary.total_dirsize_processed = dirsize;
     summary.data_blobs = stats.data_blobs;
     summary.tree_blobs = stats.tree_blobs;
@@ -583,6 +709,7 @@ mod tests {
     use super::*;
     use rustic_core::{BackupOptions, Excludes, LocalSource};
     use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Bytes without repeats a chunker would notice (a multiplicative hash of the
     /// position).
@@ -648,6 +775,7 @@ mod tests {
                 &src,
                 &src_dir,
                 Path::new(as_path),
+                None,
                 SnapshotFile::default(),
                 &Meter::silent(),
             )?;
@@ -690,6 +818,127 @@ mod tests {
             // Every blob, data and tree, was stored as what it is.
             assert_eq!((t.data_blobs, t.tree_blobs), (0, 0), "{as_path}");
         }
+        Ok(())
+    }
+
+    /// A source whose files count how often they are opened.
+    struct Opens<R> {
+        inner: R,
+        opened: Arc<AtomicUsize>,
+    }
+
+    struct Opener<O>(O, Arc<AtomicUsize>);
+
+    impl<O: ReadSourceOpen> ReadSourceOpen for Opener<O> {
+        type Reader = O::Reader;
+        fn open(self) -> RusticResult<O::Reader> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.open()
+        }
+    }
+
+    impl<R: ReadSource> ReadSource for Opens<R>
+    where
+        R::Iter: 'static,
+    {
+        type Open = Opener<R::Open>;
+        type Iter = Box<dyn Iterator<Item = RusticResult<ReadSourceEntry<Opener<R::Open>>>>>;
+        fn size(&self) -> RusticResult<Option<u64>> {
+            self.inner.size()
+        }
+        fn entries(&self) -> Self::Iter {
+            let opened = self.opened.clone();
+            Box::new(self.inner.entries().map(move |e| {
+                e.map(|e| ReadSourceEntry {
+                    path: e.path,
+                    node: e.node,
+                    open: e.open.map(|o| Opener(o, opened.clone())),
+                })
+            }))
+        }
+    }
+
+    /// A re-capture with a parent opens only the files that changed by restic's rule,
+    /// and its tree is the one rustic_core makes reading every file.
+    #[test]
+    fn a_recapture_reads_only_what_changed() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let src_dir = dir.path().join("src");
+        tree(&src_dir)?;
+        let lib = crate::Library::connect(
+            &crate::Location::parse(&dir.path().join("lib").to_string_lossy())?,
+            "pw",
+        )?;
+        lib.init()?;
+        let opts = BackupOptions::default();
+        let local = || {
+            LocalSource::new(
+                opts.ignore_save_opts,
+                &Excludes::default(),
+                &opts.ignore_filter_opts,
+                &[&src_dir],
+            )
+            .map_err(|e| anyhow!("{e}"))
+        };
+        let run = |parent: Option<TreeId>| -> Result<(Archived, usize)> {
+            let repo = lib.open()?.to_indexed_ids().map_err(|e| anyhow!("{e}"))?;
+            let get = |id| repo.get_tree(&id).map_err(|e| anyhow!("{e}"));
+            let parent = parent.map(|tree| Parent { tree, get: &get });
+            let src = Opens {
+                inner: local()?,
+                opened: Arc::new(AtomicUsize::new(0)),
+            };
+            let done = archive(
+                &repo,
+                Destination {
+                    chunking: Chunking::of(repo.config()).expect("restic's chunking"),
+                    be: lib.write_backend(),
+                },
+                &src,
+                &src_dir,
+                Path::new("/"),
+                parent.as_ref(),
+                SnapshotFile::default(),
+                &Meter::silent(),
+            )?;
+            Ok((done, src.opened.load(Ordering::Relaxed)))
+        };
+        let (first, opened) = run(None)?;
+        assert_eq!(opened, 6, "every file is read the first time");
+
+        // Nothing changed: nothing is read, the tree is the parent's.
+        let (again, opened) = run(Some(first.snap.tree))?;
+        assert_eq!((opened, again.snap.tree), (0, first.snap.tree));
+        let s = again.snap.summary.clone().unwrap_or_default();
+        assert_eq!((s.files_new, s.files_changed, s.dirs_changed), (0, 0, 0));
+        assert_eq!(
+            s.total_bytes_processed,
+            (5 << 20) + (700 << 10) + 6 + 13 + 6
+        );
+
+        // New content in one file, one file added, one removed.
+        std::fs::write(src_dir.join("b/c/mid"), noise(700 << 10, 3))?;
+        std::fs::write(src_dir.join("b/new"), b"new\n")?;
+        std::fs::remove_file(src_dir.join("a-empty"))?;
+        let (third, opened) = run(Some(again.snap.tree))?;
+        assert_eq!(opened, 2, "only the changed and the new file are read");
+        let s = third.snap.summary.clone().unwrap_or_default();
+        assert_eq!((s.files_new, s.files_changed), (1, 1), "{s:?}");
+        assert!(third.warnings.is_empty(), "{:?}", third.warnings);
+
+        let repo = lib.open()?.to_indexed_ids().map_err(|e| anyhow!("{e}"))?;
+        let mut force = BackupOptions::default();
+        force.parent_opts.force = true;
+        force.as_path = Some("/".into());
+        let theirs = repo
+            .archive(
+                &force,
+                &local()?,
+                SnapshotFile::default(),
+                std::slice::from_ref(&src_dir),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        assert_eq!(third.snap.tree, theirs.tree);
         Ok(())
     }
 }

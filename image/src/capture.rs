@@ -257,23 +257,26 @@ fn capture_tree<S: IndexedIds + Sync>(
     meter: &Arc<Meter>,
 ) -> Result<Archived> {
     let what = format!("capture of {}", fs.path);
-    let snap = SnapshotOptions::default()
+    let mut snap = SnapshotOptions::default()
         .host(req.hostname.clone())
         .add_tags(&tags(req, capture))
         .map_err(rustic(&what))?
         .to_snapshot()
         .map_err(rustic(&what))?;
-    if let Some(id) = parent.as_deref()
+    let prev = parent
+        .as_deref()
+        .and_then(|id| repo.get_snapshot_from_str(id, |_| true).ok());
+    if let Some(prev) = &prev
+        && let Some(id) = &parent
         && req.excludes.is_empty()
         && !fs.raw
-        && let Ok(prev) = repo.get_snapshot_from_str(id, |_| true)
-        && crate::unchanged::unchanged(repo, &prev, &fs.path, &fs.read_from).is_some()
+        && crate::unchanged::unchanged(repo, prev, &fs.path, &fs.read_from).is_some()
     {
         tracing::info!(
             "{}: unchanged since snapshot {id}; its tree is kept",
             fs.path
         );
-        return keep_tree(lib, repo, snap, &prev, &fs.path);
+        return keep_tree(lib, repo, snap, prev, &fs.path);
     }
     let mut opts = BackupOptions::default();
     opts.as_path = Some(PathBuf::from(&fs.path));
@@ -297,20 +300,29 @@ fn capture_tree<S: IndexedIds + Sync>(
         &[&fs.read_from],
     )
     .map_err(rustic(&what))?;
-    if opts.parent_opts.parents.is_empty()
-        && let Some(chunking) = crate::archive::Chunking::of(repo.config())
-    {
-        // A first capture: Ferry's own archiver, same snapshot, fewer hand-offs.
+    if let Some(chunking) = crate::archive::Chunking::of(repo.config()) {
+        // Ferry's own archiver: the snapshot rustic_core's would make, with fewer
+        // hand-offs between threads.
         let to = crate::archive::Destination {
             chunking,
             be: lib.write_backend(),
         };
+        let get = |id| {
+            repo.get_tree(&id)
+                .map_err(rustic(format!("reading tree {id} of the parent snapshot")))
+        };
+        let parent = prev.as_ref().map(|p| crate::archive::Parent {
+            tree: p.tree,
+            get: &get,
+        });
+        snap.parent = prev.as_ref().map(|p| p.id);
         let done = crate::archive::archive(
             repo,
             to,
             &src,
             &fs.read_from,
             Path::new(&fs.path),
+            parent.as_ref(),
             snap,
             meter,
         )?;
