@@ -18,6 +18,7 @@ use rustic_core::{
     TreeId, WriteBackend,
 };
 
+use crate::fingerprint::Fingerprinter;
 use crate::library::rustic;
 use crate::pack::{Cipher, Id, IndexedPack, Pack, index_file, seal_blob_as};
 use crate::progress::Meter;
@@ -40,6 +41,11 @@ pub(crate) struct Chunking {
 }
 
 impl Chunking {
+    /// The smallest chunk: a file shorter than this is one blob.
+    pub(crate) fn min(&self) -> usize {
+        self.min
+    }
+
     /// The library's chunking, when it is the content-defined kind with parameters
     /// rustic_core accepts (an average size that is a power of two between the
     /// minimum and the maximum, a minimum of at least the 64-byte window); else
@@ -297,12 +303,14 @@ enum Step<O> {
     Entry(Node, Option<O>, PathBuf),
 }
 
-/// The walk of `src` as steps, the captured directory `root` placed at `as_path`.
+/// The walk of `src` as steps, the captured directory `root` placed at `as_path`;
+/// every entry also goes into `print`.
 fn steps<O>(
     entries: impl Iterator<Item = RusticResult<ReadSourceEntry<O>>>,
     root: &Path,
     as_path: &Path,
     warnings: &mut Vec<String>,
+    print: &mut Fingerprinter,
 ) -> Vec<Step<O>> {
     let mut out = Vec::new();
     let names = |p: &Path| -> Vec<std::ffi::OsString> {
@@ -315,6 +323,7 @@ fn steps<O>(
     };
     let mut depth: Vec<std::ffi::OsString> = Vec::new();
     for entry in entries {
+        print.take(root, &entry);
         let ReadSourceEntry { path, node, open } = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -382,6 +391,10 @@ impl<O> Slot<O> {
 pub(crate) struct Destination {
     pub chunking: Chunking,
     pub be: Arc<dyn WriteBackend>,
+    /// Whether to look up which blobs the library has (from its index) and store
+    /// only the others; without, every blob is stored, which suits content that is
+    /// new by construction.
+    pub dedup: bool,
 }
 
 /// The snapshot a re-capture follows: its tree, and how to read a tree of it.
@@ -455,18 +468,29 @@ pub(crate) struct Archived {
     pub snap: SnapshotFile,
     pub entries: u64,
     pub warnings: Vec<String>,
+    /// The fingerprint of the walk, when the snapshot holds every entry of it.
+    pub fingerprint: Option<String>,
 }
 
-/// Archives what `src` yields from `root` into `repo` as snapshot `snap`, with the tree
-/// placed at `as_path`. A file its `parent` holds unchanged (by restic's rule) is not
-/// read again: its content is the parent's.
-#[allow(clippy::too_many_arguments)]
+/// What to archive: the entries of `src`, walked from `root` with `excludes`, placed
+/// at `as_path` in the snapshot.
+pub(crate) struct Walk<'a, R> {
+    pub src: &'a R,
+    pub root: &'a Path,
+    pub as_path: &'a Path,
+    pub excludes: &'a [String],
+}
+
+/// Archives `walk` into `repo` as snapshot `snap`. A file its `parent` holds
+/// unchanged (by restic's rule) is not read again: its content is the parent's.
 pub(crate) fn archive<S, R>(
     repo: &Repository<S>,
-    Destination { chunking, be }: Destination,
-    src: &R,
-    root: &Path,
-    as_path: &Path,
+    Destination {
+        chunking,
+        be,
+        dedup,
+    }: Destination,
+    walk: Walk<'_, R>,
     parent: Option<&Parent<'_>>,
     mut snap: SnapshotFile,
     meter: &Arc<Meter>,
@@ -476,13 +500,23 @@ where
     R: ReadSource,
     R::Open: Send,
 {
+    let Walk {
+        src,
+        root,
+        as_path,
+        excludes,
+    } = walk;
     let what = format!("capture of {}", as_path.display());
     let config = repo.config();
     let sink = Sink {
         be,
         cipher: Cipher::new(&repo.key())?,
         level: config.zstd().map_err(rustic(&what))?,
-        known: Mutex::new(known_blobs(repo)?),
+        known: Mutex::new(if dedup {
+            known_blobs(repo)?
+        } else {
+            HashSet::new()
+        }),
         data: Mutex::new(Pack::new(BlobType::Data)),
         trees: Mutex::new(Pack::new(BlobType::Tree)),
         indexed: Mutex::new(Vec::new()),
@@ -490,7 +524,8 @@ where
     };
     let started = std::time::Instant::now();
     let mut warnings = Vec::new();
-    let mut steps = steps(src.entries(), root, as_path, &mut warnings);
+    let mut print = Fingerprinter::new(excludes);
+    let mut steps = steps(src.entries(), root, as_path, &mut warnings, &mut print);
     let entries = steps.iter().filter(|s| !matches!(s, Step::Leave)).count() as u64;
     // The total for the progress, from the walk already made (not a second one).
     meter.set_total(
@@ -697,10 +732,15 @@ where
     snap.summary = Some(summary);
     snap.tree = tree;
     snap.paths.add(as_path.to_string_lossy().to_string());
+    if !warnings.is_empty() {
+        // Left out: a later capture must read the tree again.
+        print.spoil();
+    }
     Ok(Archived {
         snap,
         entries,
         warnings,
+        fingerprint: print.finish(),
     })
 }
 
@@ -771,10 +811,14 @@ mod tests {
                 Destination {
                     chunking,
                     be: lib.write_backend(),
+                    dedup: true,
                 },
-                &src,
-                &src_dir,
-                Path::new(as_path),
+                Walk {
+                    src: &src,
+                    root: &src_dir,
+                    as_path: Path::new(as_path),
+                    excludes: &[],
+                },
                 None,
                 SnapshotFile::default(),
                 &Meter::silent(),
@@ -893,10 +937,14 @@ mod tests {
                 Destination {
                     chunking: Chunking::of(repo.config()).expect("restic's chunking"),
                     be: lib.write_backend(),
+                    dedup: true,
                 },
-                &src,
-                &src_dir,
-                Path::new("/"),
+                Walk {
+                    src: &src,
+                    root: &src_dir,
+                    as_path: Path::new("/"),
+                    excludes: &[],
+                },
                 parent.as_ref(),
                 SnapshotFile::default(),
                 &Meter::silent(),

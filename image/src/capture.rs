@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
@@ -18,7 +18,7 @@ use ferry_model::image::{
 use ferry_model::survey::Survey;
 use rustic_core::repofile::{FileType, Metadata, Node, NodeType, SnapshotFile, SnapshotId};
 use rustic_core::{
-    BackupOptions, Excludes, IndexedIds, IndexedIdsStatus, LocalSource, ReadSource,
+    BackupOptions, Excludes, IndexedIds, IndexedIdsStatus, LocalSource, OpenStatus, ReadSource,
     ReadSourceEntry, RepairIndexOptions, Repository, RusticResult, SnapshotOptions, TimeOption,
 };
 
@@ -105,9 +105,46 @@ pub fn capture_surveyed(
         let survey = survey.join();
         let (repo, manifest) = read?;
         let survey = survey.map_err(|_| anyhow!("image {}: the survey failed", req.image))?;
-        write_manifest(&repo, req, &manifest, survey)?;
+        write_manifest(lib, &repo, req, &manifest, survey)?;
         Ok(manifest)
     })
+}
+
+/// The library opened for a capture: with its index read, unless nothing is to be
+/// archived (every tree unchanged).
+enum Opened {
+    Open(Repository<OpenStatus>),
+    Indexed(Repository<IndexedIdsStatus>),
+}
+
+/// `$body` with `$r` bound to the library of an [`Opened`], however far it is open.
+macro_rules! with_repo {
+    ($opened:expr, |$r:ident| $body:expr) => {
+        match $opened {
+            Opened::Open($r) => $body,
+            Opened::Indexed($r) => $body,
+        }
+    };
+}
+
+impl Opened {
+    /// Reads the index, first taking packs a killed capture uploaded but never
+    /// indexed into it, so this capture uploads only what is missing.
+    fn index(repo: Repository<OpenStatus>) -> Result<Opened> {
+        repo.repair_index(&RepairIndexOptions::default(), false)
+            .map_err(rustic("taking unindexed packs into the index"))?;
+        let repo = repo
+            .to_indexed_ids()
+            .map_err(rustic("reading the library's index"))?;
+        Ok(Opened::Indexed(repo))
+    }
+
+    fn indexed(&self) -> Result<&Repository<IndexedIdsStatus>> {
+        match self {
+            Opened::Indexed(repo) => Ok(repo),
+            Opened::Open(_) => Err(anyhow!("the library's index was not read")),
+        }
+    }
 }
 
 /// Everything of a capture but its manifest: the open library and the manifest.
@@ -115,7 +152,7 @@ fn read_filesystems(
     lib: &Library,
     req: &CaptureRequest,
     meter: &Arc<Meter>,
-) -> Result<(Repository<IndexedIdsStatus>, Manifest)> {
+) -> Result<(Opened, Manifest)> {
     check_image_name(&req.image).map_err(|e| anyhow!(e))?;
     if req.filesystems.is_empty() {
         return Err(anyhow!("image {}: nothing to capture", req.image));
@@ -136,14 +173,48 @@ fn read_filesystems(
             return Err(anyhow!("{}: not a directory", fs.read_from.display()));
         }
     }
-    let repo = lib.open_with(Bars(meter.clone()))?;
-    // Packs a killed capture uploaded but never indexed are taken into the index, so
-    // this capture uploads only what is missing.
-    repo.repair_index(&RepairIndexOptions::default(), false)
-        .map_err(rustic("taking unindexed packs into the index"))?;
-    let repo = repo
-        .to_indexed_ids()
-        .map_err(rustic("reading the library's index"))?;
+    // The trees read live are walked (metadata only) while the library's key is
+    // derived; a tree that is held (frozen) is walked inside its hold instead.
+    let wanted = AtomicBool::new(true);
+    let (repo, walked) = std::thread::scope(|s| {
+        let walks = s.spawn(|| {
+            req.filesystems
+                .iter()
+                .map(|fs| {
+                    (fs.hold.is_none() && !fs.raw)
+                        .then(|| fingerprint(fs, &req.excludes, &wanted))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        });
+        let repo = lib.open_with(Bars(meter.clone())).and_then(|repo| {
+            let parents = previous_filesystems(&repo, &req.image)?;
+            Ok((repo, parents))
+        });
+        if !matches!(&repo, Ok((_, parents)) if !parents.is_empty()) {
+            // A first capture (or a failed one) has no use for the walk.
+            wanted.store(false, Ordering::Relaxed);
+        }
+        let walked = walks
+            .join()
+            .unwrap_or_else(|_| vec![None; req.filesystems.len()]);
+        (repo, walked)
+    });
+    let (repo, parents) = repo?;
+    let parent_of = |fs: &FsSource| parents.iter().find(|p| p.fs.path == fs.path);
+    let kept = |fs: &FsSource, walked: &Option<String>| {
+        parent_of(fs).filter(|p| walked.is_some() && p.fs.fingerprint == *walked)
+    };
+    let opened = if req
+        .filesystems
+        .iter()
+        .zip(&walked)
+        .all(|(fs, w)| kept(fs, w).is_some())
+    {
+        Opened::Open(repo)
+    } else {
+        Opened::index(repo)?
+    };
     let capture = uuid::Uuid::now_v7().simple().to_string();
     let started = now();
     let mut manifest = Manifest {
@@ -158,13 +229,9 @@ fn read_filesystems(
         warnings: req.warnings.clone(),
         survey: None,
     };
-    let parents = previous_snapshots(lib, &repo, &req.image)?;
-    for fs in &req.filesystems {
+    for (fs, walked) in req.filesystems.iter().zip(walked) {
         meter.phase(&format!("capture {}", fs.path), None);
-        let parent = parents
-            .iter()
-            .find(|(p, _)| *p == fs.path)
-            .map(|(_, id)| id.clone());
+        let parent = parent_of(fs);
         let mut consistency = fs.consistency;
         let mut why_live = None;
         let held = fs.hold.as_ref().and_then(|h| match h.begin() {
@@ -174,7 +241,16 @@ fn read_filesystems(
                 None
             }
         });
-        let read = capture_tree(&repo, lib, req, &capture, fs, parent, meter);
+        let read = (|| {
+            let walked = match (&held, parent) {
+                (Some(_), Some(_)) => fingerprint(fs, &req.excludes, &AtomicBool::new(true)),
+                _ => walked,
+            };
+            match kept(fs, &walked) {
+                Some(p) => with_repo!(&opened, |r| keep_tree(lib, r, req, &capture, fs, p)),
+                None => capture_tree(opened.indexed()?, lib, req, &capture, fs, parent, meter),
+            }
+        })();
         if let Some(why) = held.and_then(|h| h.end()) {
             why_live = Some(why);
         }
@@ -182,6 +258,7 @@ fn read_filesystems(
             snap,
             entries: files,
             warnings,
+            fingerprint,
         } = read?;
         manifest
             .warnings
@@ -214,10 +291,11 @@ fn read_filesystems(
                 root_meta(&fs.read_from)?
             },
             raw: fs.raw,
+            fingerprint,
         });
     }
     manifest.finished = now();
-    Ok((repo, manifest))
+    Ok((opened, manifest))
 }
 
 fn now() -> String {
@@ -226,20 +304,33 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
-/// The snapshot of each path in the image's latest capture, to use as parents.
-fn previous_snapshots<S: rustic_core::Open>(
-    lib: &Library,
+/// A filesystem of the image's latest capture, to follow as a parent.
+struct Previous {
+    fs: FsImage,
+    snap: SnapshotFile,
+}
+
+/// The filesystems of the image's latest capture whose snapshots are there.
+fn previous_filesystems<S: rustic_core::Open>(
     repo: &Repository<S>,
     image: &str,
-) -> Result<Vec<(String, String)>> {
-    let Some(last) = Library::manifest_snapshots(repo, Some(image))?.pop() else {
+) -> Result<Vec<Previous>> {
+    let all = repo
+        .get_all_snapshots()
+        .map_err(rustic("reading the library's snapshots"))?;
+    let Some(last) = Library::manifests_in(&all, Some(image)).pop() else {
         return Ok(Vec::new());
     };
-    let _ = lib;
-    Ok(Library::summary_of(&last)?
+    Ok(Library::summary_of(last)?
         .filesystems
         .into_iter()
-        .map(|f| (f.path, f.snapshot))
+        .filter_map(|fs| {
+            let snap = all.iter().find(|s| s.id.to_hex().as_str() == fs.snapshot)?;
+            Some(Previous {
+                snap: snap.clone(),
+                fs,
+            })
+        })
         .collect())
 }
 
@@ -247,39 +338,59 @@ fn tags(req: &CaptureRequest, capture: &str) -> String {
     format!("ferry,{TAG_IMAGE}{},{TAG_CAPTURE}{capture}", req.image)
 }
 
-fn capture_tree<S: IndexedIds + Sync>(
-    repo: &Repository<S>,
-    lib: &Library,
-    req: &CaptureRequest,
-    capture: &str,
-    fs: &FsSource,
-    parent: Option<String>,
-    meter: &Arc<Meter>,
-) -> Result<Archived> {
+/// The snapshot a capture of `fs` starts from.
+fn new_snapshot(req: &CaptureRequest, capture: &str, fs: &FsSource) -> Result<SnapshotFile> {
     let what = format!("capture of {}", fs.path);
-    let mut snap = SnapshotOptions::default()
+    SnapshotOptions::default()
         .host(req.hostname.clone())
         .add_tags(&tags(req, capture))
         .map_err(rustic(&what))?
         .to_snapshot()
-        .map_err(rustic(&what))?;
-    let prev = parent
-        .as_deref()
-        .and_then(|id| repo.get_snapshot_from_str(id, |_| true).ok());
-    if let Some(prev) = &prev
-        && let Some(id) = &parent
-        && req.excludes.is_empty()
-        && !fs.raw
-        && crate::unchanged::unchanged(repo, prev, &fs.path, &fs.read_from).is_some()
-    {
-        tracing::info!(
-            "{}: unchanged since snapshot {id}; its tree is kept",
-            fs.path
-        );
-        return keep_tree(lib, repo, snap, prev, &fs.path);
-    }
+        .map_err(rustic(&what))
+}
+
+/// The options every capture of a tree reads it with.
+fn backup_options(fs: &FsSource, excludes: &[String]) -> (BackupOptions, Excludes) {
     let mut opts = BackupOptions::default();
     opts.as_path = Some(PathBuf::from(&fs.path));
+    let mut ex = Excludes::default();
+    ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
+    opts.ignore_save_opts.set_atime = Some(TimeOption::Yes);
+    opts.ignore_filter_opts.one_file_system = true;
+    opts.excludes = ex.clone();
+    (opts, ex)
+}
+
+/// The walk of the tree `fs`, as every capture makes it.
+fn local_source(fs: &FsSource, excludes: &[String]) -> Result<LocalSource> {
+    let (opts, ex) = backup_options(fs, excludes);
+    LocalSource::new(
+        opts.ignore_save_opts,
+        &ex,
+        &opts.ignore_filter_opts,
+        &[&fs.read_from],
+    )
+    .map_err(rustic(format!("capture of {}", fs.path)))
+}
+
+/// The fingerprint of the tree `fs` as it is now (see [`crate::fingerprint`]).
+fn fingerprint(fs: &FsSource, excludes: &[String], wanted: &AtomicBool) -> Option<String> {
+    let src = local_source(fs, excludes).ok()?;
+    crate::fingerprint::of_walk(&src, &fs.read_from, excludes, wanted)
+}
+
+fn capture_tree(
+    repo: &Repository<IndexedIdsStatus>,
+    lib: &Library,
+    req: &CaptureRequest,
+    capture: &str,
+    fs: &FsSource,
+    parent: Option<&Previous>,
+    meter: &Arc<Meter>,
+) -> Result<Archived> {
+    let mut snap = new_snapshot(req, capture, fs)?;
+    let prev = parent.map(|p| &p.snap);
+    let (mut opts, _) = backup_options(fs, &req.excludes);
     if fs.raw {
         // A device's metadata says nothing of its content: read it all every time
         // (unchanged chunks are still not uploaded again).
@@ -287,55 +398,42 @@ fn capture_tree<S: IndexedIds + Sync>(
         let done = archive(repo, &opts, DeviceSource::open(fs)?, snap, fs, meter)?;
         return Ok(Archived { entries: 1, ..done });
     }
-    let mut excludes = Excludes::default();
-    excludes.globs = req.excludes.iter().map(|g| format!("!{g}")).collect();
-    opts.parent_opts.parents = parent.into_iter().collect();
-    opts.ignore_save_opts.set_atime = Some(TimeOption::Yes);
-    opts.ignore_filter_opts.one_file_system = true;
-    opts.excludes = excludes.clone();
-    let src = LocalSource::new(
-        opts.ignore_save_opts,
-        &excludes,
-        &opts.ignore_filter_opts,
-        &[&fs.read_from],
-    )
-    .map_err(rustic(&what))?;
+    let src = local_source(fs, &req.excludes)?;
     if let Some(chunking) = crate::archive::Chunking::of(repo.config()) {
         // Ferry's own archiver: the snapshot rustic_core's would make, with fewer
         // hand-offs between threads.
         let to = crate::archive::Destination {
             chunking,
             be: lib.write_backend(),
+            dedup: true,
         };
         let get = |id| {
             repo.get_tree(&id)
                 .map_err(rustic(format!("reading tree {id} of the parent snapshot")))
         };
-        let parent = prev.as_ref().map(|p| crate::archive::Parent {
+        let parent = prev.map(|p| crate::archive::Parent {
             tree: p.tree,
             get: &get,
         });
-        snap.parent = prev.as_ref().map(|p| p.id);
-        let done = crate::archive::archive(
-            repo,
-            to,
-            &src,
-            &fs.read_from,
-            Path::new(&fs.path),
-            parent.as_ref(),
-            snap,
-            meter,
-        )?;
+        snap.parent = prev.map(|p| p.id);
+        let walk = crate::archive::Walk {
+            src: &src,
+            root: &fs.read_from,
+            as_path: Path::new(&fs.path),
+            excludes: &req.excludes,
+        };
+        let done = crate::archive::archive(repo, to, walk, parent.as_ref(), snap, meter)?;
         return Ok(Archived {
             snap: save(lib, repo, done.snap, &fs.path)?,
             ..done
         });
     }
+    opts.parent_opts.parents = prev.iter().map(|p| p.id.to_hex().to_string()).collect();
     archive(repo, &opts, src, snap, fs, meter)
 }
 
-/// Archives what `src` yields for `fs` as `snap`; the snapshot and how many
-/// entries were taken.
+/// Archives what `src` yields for `fs` as `snap` with rustic_core's archiver; the
+/// snapshot and how many entries were taken.
 fn archive<S, R>(
     repo: &Repository<S>,
     opts: &BackupOptions,
@@ -363,17 +461,27 @@ where
         snap,
         entries: files.load(Ordering::Relaxed),
         warnings: Vec::new(),
+        fingerprint: None,
     })
 }
 
-/// Saves `snap` with the tree of `prev`, which the filesystem still matches.
-fn keep_tree<S: IndexedIds>(
+/// A new snapshot of `fs` with the tree of its `parent`, which the filesystem still
+/// matches (the same fingerprint); nothing is read.
+fn keep_tree<S: rustic_core::Open>(
     lib: &Library,
     repo: &Repository<S>,
-    mut snap: SnapshotFile,
-    prev: &SnapshotFile,
-    path: &str,
+    req: &CaptureRequest,
+    capture: &str,
+    fs: &FsSource,
+    parent: &Previous,
 ) -> Result<Archived> {
+    let prev = &parent.snap;
+    tracing::info!(
+        "{}: unchanged since snapshot {}; its tree is kept",
+        fs.path,
+        parent.fs.snapshot
+    );
+    let mut snap = new_snapshot(req, capture, fs)?;
     snap.tree = prev.tree;
     snap.paths = prev.paths.clone();
     snap.parent = Some(prev.id);
@@ -389,9 +497,10 @@ fn keep_tree<S: IndexedIds>(
     summary.command = "ferry capture (unchanged: the parent's tree)".into();
     snap.summary = Some(summary);
     Ok(Archived {
-        snap: save(lib, repo, snap, path)?,
+        snap: save(lib, repo, snap, &fs.path)?,
         entries: 0,
         warnings: Vec::new(),
+        fingerprint: parent.fs.fingerprint.clone(),
     })
 }
 
@@ -544,8 +653,9 @@ pub fn root_meta(dir: &Path) -> Result<RootMeta> {
 /// Writes the manifest as the capture's last snapshot: the full manifest as
 /// `/.ferry/manifest.json`, and without the survey in the snapshot's description so
 /// listing images reads no data.
-fn write_manifest<S: IndexedIds>(
-    repo: &Repository<S>,
+fn write_manifest(
+    lib: &Library,
+    opened: &Opened,
     req: &CaptureRequest,
     manifest: &Manifest,
     survey: Option<Survey>,
@@ -555,8 +665,8 @@ fn write_manifest<S: IndexedIds>(
     let file = dir.join("manifest.json");
     let mut full = manifest.clone();
     full.survey = survey.map(Box::new);
-    std::fs::write(&file, serde_json::to_vec_pretty(&full)?)
-        .with_context(|| format!("{}: cannot write", file.display()))?;
+    let json = serde_json::to_vec_pretty(&full)?;
+    std::fs::write(&file, &json).with_context(|| format!("{}: cannot write", file.display()))?;
     let result = (|| {
         let mut snap = SnapshotOptions::default()
             .host(req.hostname.clone())
@@ -575,7 +685,35 @@ fn write_manifest<S: IndexedIds>(
             &[&file],
         )
         .map_err(rustic(what))?;
-        repo.archive(&opts, &src, snap, std::slice::from_ref(&file))
+        let chunking = with_repo!(opened, |r| crate::archive::Chunking::of(r.config()));
+        if let Some(chunking) = chunking {
+            // Written by Ferry's archiver without reading the index: a manifest is
+            // one blob (it names its own capture) unless it is long enough to be cut
+            // into chunks another manifest may share.
+            let to = crate::archive::Destination {
+                chunking,
+                be: lib.write_backend(),
+                dedup: json.len() >= chunking.min(),
+            };
+            let walk = crate::archive::Walk {
+                src: &src,
+                root: &file,
+                as_path: Path::new(MANIFEST_PATH),
+                excludes: &[],
+            };
+            let meter = Meter::silent();
+            with_repo!(opened, |r| {
+                let done = crate::archive::archive(r, to, walk, None, snap, &meter)?;
+                if let Some(w) = done.warnings.first() {
+                    return Err(anyhow!("{what}: {w}"));
+                }
+                save(lib, r, done.snap, MANIFEST_PATH)?;
+            });
+            return Ok(());
+        }
+        opened
+            .indexed()?
+            .archive(&opts, &src, snap, std::slice::from_ref(&file))
             .map_err(rustic(what))?;
         Ok(())
     })();
@@ -588,4 +726,76 @@ fn tempfile_dir() -> Result<PathBuf> {
         std::env::temp_dir().join(format!("ferry-manifest-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a capture of `dir` with `excludes` made of it: the fingerprint, and
+    /// whether the parent's tree was kept without reading.
+    fn capture_of(lib: &Library, dir: &Path, excludes: &[&str]) -> Result<(String, bool)> {
+        let req = CaptureRequest {
+            image: "fp".into(),
+            filesystems: vec![FsSource {
+                path: "/srv".into(),
+                read_from: dir.to_path_buf(),
+                ..Default::default()
+            }],
+            excludes: excludes.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let m = capture(lib, &req, &Meter::silent())?;
+        let fs = &m.filesystems[0];
+        let snap = lib
+            .open()?
+            .get_snapshot_from_str(&fs.snapshot, |_| true)
+            .map_err(|e| anyhow!("{e}"))?;
+        let command = snap.summary.map(|s| s.command).unwrap_or_default();
+        let print = fs
+            .fingerprint
+            .clone()
+            .ok_or_else(|| anyhow!("no fingerprint"))?;
+        Ok((print, command.contains("unchanged")))
+    }
+
+    /// A tree walked as before keeps its parent's tree without being read; a touch,
+    /// or other excludes, read it again.
+    #[test]
+    fn a_tree_with_the_parents_fingerprint_keeps_its_tree() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("skip"))?;
+        std::fs::write(src.join("a"), b"a")?;
+        std::fs::write(src.join("skip/b"), b"b")?;
+        let lib = Library::connect(
+            &crate::Location::parse(&dir.path().join("lib").to_string_lossy())?,
+            "pw",
+        )?;
+        lib.init()?;
+
+        let (first, kept) = capture_of(&lib, &src, &[])?;
+        assert!(!kept, "a first capture reads the tree");
+        let (again, kept) = capture_of(&lib, &src, &[])?;
+        assert!(kept, "nothing changed: the tree is kept");
+        assert_eq!(again, first);
+
+        let (excluding, kept) = capture_of(&lib, &src, &["/skip"])?;
+        assert!(!kept, "other excludes: the tree is read");
+        assert_ne!(excluding, first);
+        assert!(capture_of(&lib, &src, &["/skip"])?.1, "same excludes: kept");
+
+        // A touch is seen (it moves the ctime too) ...
+        let a = std::fs::File::options().write(true).open(src.join("a"))?;
+        a.set_times(std::fs::FileTimes::new().set_accessed(std::time::SystemTime::UNIX_EPOCH))?;
+        let (touched, kept) = capture_of(&lib, &src, &["/skip"])?;
+        assert!(!kept, "a touched file: the tree is read");
+        assert_ne!(touched, excluding);
+        // ... reading a file is not, though it moves the access time: the capture
+        // itself read the file, whose access time was older than its mtime.
+        let atime = std::fs::metadata(src.join("a"))?.accessed()?;
+        assert_ne!(atime, std::time::SystemTime::UNIX_EPOCH);
+        assert!(capture_of(&lib, &src, &["/skip"])?.1, "a file read: kept");
+        Ok(())
+    }
 }

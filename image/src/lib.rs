@@ -7,8 +7,9 @@
 //! capture plus one snapshot per captured filesystem ([`ferry_model::image`]).
 //!
 //! - [`library`]: where a library is, opening and creating it, listing images.
-//! - [`capture`]: trees into snapshots, then the manifest; an unchanged tree keeps
-//!   its parent snapshot's tree (`unchanged`).
+//! - [`capture`]: trees into snapshots (Ferry's own `archive`r, in restic's format
+//!   written by [`pack`]), then the manifest; a tree whose walk has the parent's
+//!   `fingerprint` keeps its parent snapshot's tree.
 //! - [`restore`]: a snapshot back into a directory with full metadata, every
 //!   failure counted.
 //! - [`progress`]: bytes, files, rate and ETA for terminals and status files.
@@ -16,11 +17,11 @@
 mod archive;
 pub mod backend;
 pub mod capture;
+mod fingerprint;
 pub mod library;
 pub mod pack;
 pub mod progress;
 pub mod restore;
-mod unchanged;
 mod workers;
 
 pub use capture::{CaptureRequest, FsSource, Hold, capture, capture_surveyed};

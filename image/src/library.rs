@@ -363,15 +363,28 @@ impl Library {
         repo: &Repository<S>,
         image: Option<&str>,
     ) -> Result<Vec<SnapshotFile>> {
-        let mut snaps: Vec<SnapshotFile> = repo
+        let all = repo
             .get_all_snapshots()
-            .map_err(rustic("reading the library's snapshots"))?
+            .map_err(rustic("reading the library's snapshots"))?;
+        Ok(Self::manifests_in(&all, image)
             .into_iter()
+            .cloned()
+            .collect())
+    }
+
+    /// The manifest snapshots among `all` (of `image`, or of every image), oldest
+    /// first.
+    pub(crate) fn manifests_in<'a>(
+        all: &'a [SnapshotFile],
+        image: Option<&str>,
+    ) -> Vec<&'a SnapshotFile> {
+        let mut snaps: Vec<&SnapshotFile> = all
+            .iter()
             .filter(|s| s.tags.contains(TAG_MANIFEST))
             .filter(|s| image.is_none_or(|i| s.tags.contains(&format!("{TAG_IMAGE}{i}"))))
             .collect();
         snaps.sort_by(|a, b| a.time.cmp(&b.time));
-        Ok(snaps)
+        snaps
     }
 
     /// The manifest (without survey) a manifest snapshot carries in its description.

@@ -1,5 +1,5 @@
-//! Work spread over the cores: capture, restore and the unchanged check each read
-//! many files, one worker thread per core.
+//! Work spread over the cores: capture and restore each read or write many files,
+//! one worker thread per core.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -81,6 +81,10 @@ pub struct FsImage {
     /// Block data: `path` is a device (`/dev/vg0/db`) kept as one file of its bytes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw: bool,
+    /// The hash of every entry's metadata as the capture walked the tree (hex); a
+    /// later capture that walks the same keeps this snapshot's tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Owner, mode, times and extended attributes of a filesystem's root directory.
@@ -186,6 +190,7 @@ mod tests {
                 bytes: 10,
                 added_bytes: 10,
                 raw: false,
+                fingerprint: Some("0f".repeat(32)),
                 root: RootMeta {
                     mode: 0o755,
                     xattrs: vec![("security.selinux".into(), "00".into())],

@@ -759,6 +759,7 @@ mod tests {
             bytes: 4,
             added_bytes: 5,
             raw: false,
+            fingerprint: Some("a0".repeat(32)),
             root: RootMeta {
                 mode: 0o1777,
                 uid: 1,
