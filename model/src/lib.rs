@@ -1,5 +1,6 @@
 //! Ferry's shared domain and protocol types: plain data with serde and validation, no I/O.
 
+pub mod deploy;
 pub mod image;
 pub mod protocol;
 pub mod survey;
