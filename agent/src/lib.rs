@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod deploy;
 pub mod identity;
 pub mod library;
 pub mod ramdisk;

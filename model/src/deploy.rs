@@ -1147,15 +1147,12 @@ fn default_network(source: &Survey, target: &Survey) -> NetworkPlan {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Sample plans and their parts, for tests and documentation.
+pub mod examples {
     use super::*;
-    use crate::image::{Consistency, FsImage, MANIFEST_VERSION, RootMeta};
-    use crate::survey::{
-        Disk, Filesystem, FstabEntry, Interface, LvmLv, Nic, Route, Storage, Swap,
-    };
 
-    fn fs(device: &str, fstype: &str, mount: Option<&str>, source: Option<&str>) -> FsLayout {
+    /// A filesystem on `device` at `mount`, restored from `source`.
+    pub fn fs(device: &str, fstype: &str, mount: Option<&str>, source: Option<&str>) -> FsLayout {
         FsLayout {
             device: device.into(),
             fstype: fstype.into(),
@@ -1166,7 +1163,8 @@ mod tests {
         }
     }
 
-    fn part(name: &str, mib: Option<u64>, role: PartRole) -> PartLayout {
+    /// A partition of `mib` MiB (the rest of the disk when `None`).
+    pub fn part(name: &str, mib: Option<u64>, role: PartRole) -> PartLayout {
         PartLayout {
             name: name.into(),
             size_bytes: mib.map(|m| m * MIB),
@@ -1174,8 +1172,9 @@ mod tests {
         }
     }
 
-    /// BIOS, GPT, a /boot partition and the root on LVM, swap on LVM; one NIC.
-    fn plan() -> DeployPlan {
+    /// BIOS, GPT on a 20 GiB `vda`, a /boot partition and the root on LVM (`sys/root`,
+    /// xfs), swap on LVM; `ens3` with a static address.
+    pub fn plan() -> DeployPlan {
         DeployPlan {
             version: PLAN_VERSION,
             image: "web1".into(),
@@ -1240,6 +1239,16 @@ mod tests {
             keep_on_failure: false,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::examples::{part, plan};
+    use super::*;
+    use crate::image::{Consistency, FsImage, MANIFEST_VERSION, RootMeta};
+    use crate::survey::{
+        Disk, Filesystem, FstabEntry, Interface, LvmLv, Nic, Route, Storage, Swap,
+    };
 
     fn sources() -> Vec<SourceFs> {
         [("/", 3 * GIB), ("/boot", 100 * MIB)]

@@ -50,12 +50,18 @@ fn run_system_tool(name: &str, args: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|e| format!("{name}: {e}"))?;
     if !out.status.success() {
+        // The command line and the end of what it said, where the cause usually is.
         let err = String::from_utf8_lossy(&out.stderr);
+        let said: Vec<&str> = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         return Err(format!(
             "{name} {}: {} {}",
             args.join(" "),
             out.status,
-            err.lines().next().unwrap_or("").trim()
+            said[said.len().saturating_sub(5)..].join(" | ")
         ));
     }
     String::from_utf8(out.stdout).map_err(|_| format!("{name}: output is not UTF-8"))
