@@ -39,7 +39,8 @@ pub fn read_options(
     }
 }
 
-/// Runs a mailbox `capture` or `restore` (on a blocking thread); the answer to send.
+/// Runs a mailbox `capture`, `restore` or `deploy` (on a blocking thread); the
+/// answer to send.
 /// `keep_writable`: the agent's own folders, never frozen.
 pub fn run_command(
     action: &Action,
@@ -124,6 +125,16 @@ pub fn run_command(
                 fs: fs.clone(),
                 to: to.clone(),
                 report,
+            })
+        }
+        Action::Deploy { library, plan, .. } => {
+            let lib = open(library)?;
+            let done = crate::deploy::run(&crate::survey::Host::live(), &lib, plan, meter)?;
+            Ok(MessageBody::Deployed {
+                image: plan.image.clone(),
+                capture: done.capture,
+                steps: done.steps,
+                drivers_added: done.drivers_added,
             })
         }
         other => bail!("{} is not an image command", other.name()),

@@ -520,6 +520,20 @@ impl Agent {
             Action::Capture { .. } | Action::Restore { .. } => {
                 (self.run_image_action(cmd).await, None)
             }
+            Action::Deploy { .. } if self.kind == AgentKind::Installed => (
+                MessageBody::Failed {
+                    action,
+                    code: "unsupported".into(),
+                    text: "a deploy wipes this machine's disks: it runs only in the Ferry ramdisk; boot this machine into it".into(),
+                },
+                None,
+            ),
+            Action::Deploy { reboot, .. } => {
+                let body = self.run_image_action(cmd).await;
+                let stop = (*reboot && matches!(body, MessageBody::Deployed { .. }))
+                    .then_some(Stop::Reboot);
+                (body, stop)
+            }
             Action::Poweroff => (
                 MessageBody::Done {
                     action,
@@ -631,10 +645,10 @@ impl Agent {
             })
         };
         tokio::pin!(job);
-        self.phase = if action == "capture" {
-            "capturing"
-        } else {
-            "restoring"
+        self.phase = match action {
+            "capture" => "capturing",
+            "deploy" => "deploying",
+            _ => "restoring",
         };
         if let Err(e) = self.publish_status().await {
             warn!("could not publish status: {e}");

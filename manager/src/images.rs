@@ -82,7 +82,7 @@ fn library_for(
 
 /// Sends an image command (with its sealed secrets) and waits for the answer,
 /// drawing the agent's reported progress on a terminal meanwhile.
-async fn run_on_agent(
+pub(crate) async fn run_on_agent(
     config: &ManagerConfig,
     id: &str,
     make: impl FnOnce(LibraryRef) -> Action,
@@ -141,7 +141,7 @@ async fn run_on_agent(
 }
 
 /// Fails with the agent's own words when it did not do the work.
-fn failure(id: &str, body: MessageBody) -> anyhow::Error {
+pub(crate) fn failure(id: &str, body: MessageBody) -> anyhow::Error {
     match body {
         MessageBody::Failed { code, text, .. } => anyhow::anyhow!("agent {id}: {text} ({code})"),
         MessageBody::Refused { text, reason, .. } => {

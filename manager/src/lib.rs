@@ -4,6 +4,7 @@ pub mod bootserver;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deploy;
 pub mod embedded;
 pub mod fleet;
 pub mod images;

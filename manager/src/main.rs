@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ferry_manager::bootserver::BootConfig;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
-use ferry_manager::{cli, images};
+use ferry_manager::{cli, deploy, images};
 
 /// Ferry moves running Linux servers onto other servers through mailboxes on a store.
 #[derive(Parser)]
@@ -152,6 +152,15 @@ enum Cmd {
         id: String,
         #[command(flatten)]
         opts: images::RestoreOptions,
+    },
+    /// Deploy an image onto the machine of a ramdisk agent: lay out its disks by the
+    /// default plan for its survey (or --plan), restore, configure, make it boot,
+    /// reboot into it. The plan is checked before anything is sent.
+    Deploy {
+        /// Image name.
+        image: String,
+        #[command(flatten)]
+        opts: deploy::DeployOptions,
     },
     /// List the images in the library.
     Images {
@@ -335,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => rt.block_on(cli::agent_show(&load()?, &id, json)),
         Cmd::Capture { id, opts } => rt.block_on(images::capture(&load()?, &id, &opts)),
         Cmd::Restore { id, opts } => rt.block_on(images::restore(&load()?, &id, &opts)),
+        Cmd::Deploy { image, opts } => rt.block_on(deploy::deploy(&load()?, &image, &opts)),
         Cmd::Images { json } => images::images(&load()?, json),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Show {

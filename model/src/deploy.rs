@@ -295,6 +295,15 @@ pub struct Script {
     pub content: String,
 }
 
+/// One step of a deploy and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTime {
+    /// The step, e.g. `partition`.
+    pub step: String,
+    /// Milliseconds it took.
+    pub millis: u64,
+}
+
 /// What the image needs of a filesystem it restores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFs {

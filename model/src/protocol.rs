@@ -443,6 +443,18 @@ pub enum Action {
         #[serde(default)]
         overwrite: bool,
     },
+    /// Lay out this machine's disks by the plan, restore its image, configure it and
+    /// make it boot (ramdisk agents only: it wipes the planned disks). Secrets as for
+    /// [`Action::Capture`].
+    Deploy {
+        /// Where the library is, as this agent reaches it.
+        library: LibraryRef,
+        /// What to do.
+        plan: Box<crate::deploy::DeployPlan>,
+        /// Reboot into the deployed system when done.
+        #[serde(default)]
+        reboot: bool,
+    },
 }
 
 /// Name of the sealed secret holding a library's repository password.
@@ -486,6 +498,7 @@ impl Action {
             Action::Survey => "survey",
             Action::Capture { .. } => "capture",
             Action::Restore { .. } => "restore",
+            Action::Deploy { .. } => "deploy",
         }
     }
 }
@@ -614,6 +627,18 @@ pub enum MessageBody {
         /// What was restored.
         report: crate::image::RestoreReport,
     },
+    /// A deploy finished: the machine holds the image and boots it.
+    Deployed {
+        /// The image.
+        image: String,
+        /// The capture deployed.
+        capture: String,
+        /// Each step and how long it took.
+        steps: Vec<crate::deploy::StepTime>,
+        /// Driver modules added to the deployed kernel.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drivers_added: Vec<String>,
+    },
     /// A command failed while running.
     Failed {
         /// Action name.
@@ -739,11 +764,16 @@ mod tests {
             },
             Action::Restore {
                 image: "web".into(),
-                library,
+                library: library.clone(),
                 capture: Some("01ab".into()),
                 fs: "/".into(),
                 to: "/mnt/target".into(),
                 overwrite: true,
+            },
+            Action::Deploy {
+                library,
+                plan: Box::new(crate::deploy::examples::plan()),
+                reboot: true,
             },
         ] {
             let c = command(action);
@@ -787,6 +817,15 @@ mod tests {
                     error_count: 1,
                     ..Default::default()
                 },
+            },
+            MessageBody::Deployed {
+                image: "web".into(),
+                capture: "01ab".into(),
+                steps: vec![crate::deploy::StepTime {
+                    step: "partition".into(),
+                    millis: 812,
+                }],
+                drivers_added: vec!["virtio_blk".into()],
             },
         ] {
             let m = MessagePayload {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_image::{Library, Meter, RestoreRequest};
-use ferry_model::deploy::{DeployPlan, SourceFs};
+use ferry_model::deploy::{DeployPlan, SourceFs, StepTime};
 use ferry_model::image::Manifest;
 
 use crate::survey::Host;
@@ -23,20 +23,13 @@ use storage::{Made, Mounts};
 /// Where the target's filesystems are mounted in the ramdisk.
 pub const TARGET: &str = "/mnt/ferry-target";
 
-/// One step done, and how long it took.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepDone {
-    /// Its name, e.g. `partition`.
-    pub step: String,
-    /// Seconds it took.
-    pub seconds: f64,
-}
-
 /// What a deploy did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Deployed {
-    /// The steps, in order.
-    pub steps: Vec<StepDone>,
+    /// The capture deployed.
+    pub capture: String,
+    /// The steps, in order, with their times.
+    pub steps: Vec<StepTime>,
     /// Files and bytes restored per filesystem (source path, files, bytes).
     pub restored: Vec<(String, u64, u64)>,
     /// Driver modules added to the migrated kernel.
@@ -64,7 +57,10 @@ pub fn run(host: &Host, lib: &Library, plan: &DeployPlan, meter: &Arc<Meter>) ->
         .manifest(&plan.image, plan.capture.as_deref())
         .with_context(|| format!("reading image {}", plan.image))?;
     check(plan, &manifest)?;
-    let mut done = Deployed::default();
+    let mut done = Deployed {
+        capture: manifest.capture.clone(),
+        ..Default::default()
+    };
     let result = steps(host, lib, plan, &manifest, meter, &mut done);
     match result {
         Ok(()) => Ok(done),
@@ -88,9 +84,9 @@ fn step<T>(
     meter.phase(&format!("deploy: {name}"), None);
     let start = Instant::now();
     let out = f().with_context(|| format!("step {name}"))?;
-    done.steps.push(StepDone {
+    done.steps.push(StepTime {
         step: name.to_string(),
-        seconds: start.elapsed().as_secs_f64(),
+        millis: start.elapsed().as_millis() as u64,
     });
     tracing::info!(
         "deploy: {name} done in {:.1} s",
@@ -125,7 +121,7 @@ fn steps(
             let Some(source) = &m.fs.source else { continue };
             let req = RestoreRequest {
                 image: plan.image.clone(),
-                at: plan.capture.clone(),
+                at: Some(manifest.capture.clone()),
                 fs: source.clone(),
                 target: at,
                 overwrite: false,

@@ -1,0 +1,142 @@
+//! `ferry deploy IMAGE --to AGENT`: a deploy plan for a ramdisk agent's machine —
+//! the default one for its survey, or the user's — checked here first, then sent
+//! with the library's sealed secrets; the agent lays out, restores, configures,
+//! makes the machine boot and, unless told not to, reboots into it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use ferry_model::deploy::{DeployPlan, SourceFs, default_plan};
+use ferry_model::protocol::{Action, MessageBody};
+
+use crate::config::ManagerConfig;
+use crate::images::{failure, open, run_on_agent};
+
+/// Options of `ferry deploy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployOptions {
+    /// The ramdisk agent whose machine receives the image (id or unique prefix).
+    #[arg(long = "to")]
+    pub to: String,
+    /// A capture id of the image (default: the latest).
+    #[arg(long)]
+    pub capture: Option<String>,
+    /// A deploy plan (YAML or JSON) instead of the default one for the target.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Print the plan (YAML) after checking it, and send nothing.
+    #[arg(long)]
+    pub plan_only: bool,
+    /// Stay in the ramdisk when done instead of rebooting into the deployed system.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// On failure, leave the disks as they are instead of wiping the new partition
+    /// tables (a half-written disk may then boot).
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the deploy to finish.
+    #[arg(long, default_value_t = 86400.0)]
+    pub timeout: f64,
+}
+
+/// The plan for `image` on agent `id`'s machine: the user's, or the default for the
+/// survey in its status; refused here with every problem before anything is sent.
+async fn plan_for(
+    config: &ManagerConfig,
+    image: &str,
+    id: &str,
+    opts: &DeployOptions,
+) -> Result<DeployPlan> {
+    let manifest = {
+        let (c, image, at) = (config.clone(), image.to_string(), opts.capture.clone());
+        tokio::task::spawn_blocking(move || open(&c)?.manifest(&image, at.as_deref())).await??
+    };
+    let mut plan = match &opts.plan {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("plan {}: cannot read it", file.display()))?;
+            serde_saphyr::from_str::<DeployPlan>(&text)
+                .map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))?
+        }
+        None => {
+            let fleet = crate::cli::fleet(config)?;
+            let id = fleet.resolve(id).await?;
+            let status =
+                fleet.view(&id).await?.status.with_context(|| {
+                    format!("agent {id} has published no status (no survey) yet")
+                })?;
+            default_plan(&manifest, &status.survey).map_err(|e| anyhow::anyhow!(e))?
+        }
+    };
+    if plan.image != image {
+        bail!("plan is for image {}, not {image}", plan.image);
+    }
+    plan.capture = Some(manifest.capture.clone());
+    plan.keep_on_failure |= opts.keep_on_failure;
+    let problems = plan.validate(&SourceFs::of(&manifest));
+    if !problems.is_empty() {
+        bail!(
+            "deploy of image {image} onto agent {id}: the plan cannot be carried out:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    Ok(plan)
+}
+
+/// `ferry deploy IMAGE --to AGENT`.
+pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -> Result<()> {
+    let plan = plan_for(config, image, &opts.to, opts).await?;
+    if opts.plan_only {
+        print!(
+            "{}",
+            serde_saphyr::to_string(&plan)
+                .map_err(|e| anyhow::anyhow!("encoding the plan: {e}"))?
+        );
+        return Ok(());
+    }
+    let reboot = !opts.no_reboot;
+    let (id, reply) = run_on_agent(
+        config,
+        &opts.to,
+        |library| Action::Deploy {
+            library,
+            plan: Box::new(plan.clone()),
+            reboot,
+        },
+        opts.timeout,
+    )
+    .await?;
+    match reply.body {
+        MessageBody::Deployed {
+            image,
+            capture,
+            steps,
+            drivers_added,
+        } => {
+            if opts.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"agent": id, "image": image, "capture": capture,
+                        "steps": steps, "drivers_added": drivers_added, "rebooting": reboot})
+                );
+                return Ok(());
+            }
+            println!(
+                "{}: deployed image {image} (capture {capture}){}",
+                &id[..12],
+                if reboot { "; rebooting into it" } else { "" }
+            );
+            for s in &steps {
+                println!("  {:<12} {:>8.1} s", s.step, s.millis as f64 / 1000.0);
+            }
+            if !drivers_added.is_empty() {
+                println!("  drivers added: {}", drivers_added.join(", "));
+            }
+            Ok(())
+        }
+        other => Err(failure(&id, other)),
+    }
+}
