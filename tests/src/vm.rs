@@ -109,6 +109,29 @@ pub fn machine_args(cpus: u32, console: &Path) -> Vec<String> {
     .collect()
 }
 
+/// QEMU options booting the ramdisk's `vmlinux` directly (its PVH entry) with the
+/// initrd of the boot files in `boot` (which carry a manager's agent config).
+pub fn ramdisk_boot(boot: &Path) -> Vec<String> {
+    vec![
+        "-kernel".to_string(),
+        ramdisk_dir().join("vmlinux").to_string_lossy().into(),
+        "-initrd".into(),
+        boot.join("initrd.zst").to_string_lossy().into(),
+        "-append".into(),
+        "console=ttyS0,115200 panic=-1".into(),
+    ]
+}
+
+/// QEMU options for one virtio NIC with MAC [`MAC`] on QEMU's user network.
+pub fn user_nic() -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        "user,id=n0".into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+    ]
+}
+
 /// [`machine_args`] with one CPU and a 64 MiB scratch disk.
 pub fn base_args(work: &Path, console: &Path) -> Result<Vec<String>> {
     let disk = work.join("disk.qcow2");

@@ -37,6 +37,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gdisk", "/usr/sbin/sgdisk"),
     ("fdisk", "/usr/sbin/sfdisk"),
     ("kexec-tools", "/usr/sbin/kexec"),
+    ("btrfs-progs", "/usr/sbin/mkfs.btrfs"),
+    ("efibootmgr", "/usr/bin/efibootmgr"),
     ("musl-tools", "/usr/bin/musl-gcc"),
     ("cpio", "/usr/bin/cpio"),
     ("zstd", "/usr/bin/zstd"),

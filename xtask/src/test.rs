@@ -23,6 +23,12 @@ pub fn vm(extra: &[&str]) -> Result<()> {
             "vm_boot",
             "--test",
             "vm_faults",
+            "--test",
+            "vm_source",
+            "--test",
+            "vm_lvm_root",
+            "--test",
+            "vm_deploy",
         ],
         extra,
     )

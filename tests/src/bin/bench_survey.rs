@@ -10,7 +10,6 @@ use anyhow::{Context, Result, bail};
 use ferry_model::survey::Survey;
 use ferry_tests::bench::{GuestRig, machine, now_utc};
 use ferry_tests::procs::bin;
-use ferry_tests::vm::{MAC, ramdisk_dir};
 
 const RUNS: usize = 3;
 
@@ -18,18 +17,9 @@ const RUNS: usize = 3;
 async fn in_ramdisk() -> Result<Vec<u64>> {
     let g = GuestRig::new()?;
     let m = &g.m;
-    let mut vm = g.start(&[
-        "-kernel".to_string(),
-        ramdisk_dir().join("vmlinux").to_string_lossy().into(),
-        "-initrd".into(),
-        g.boot.join("initrd.zst").to_string_lossy().into(),
-        "-append".into(),
-        "console=ttyS0,115200 panic=-1".into(),
-        "-netdev".into(),
-        "user,id=n0".into(),
-        "-device".into(),
-        format!("virtio-net-pci,netdev=n0,mac={MAC}"),
-    ])?;
+    let mut args = ferry_tests::vm::ramdisk_boot(&g.boot);
+    args.extend(ferry_tests::vm::user_nic());
+    let mut vm = g.start(&args)?;
     let agent = m
         .wait_ramdisk_agent(&mut vm, Duration::from_secs(240))
         .await?;
