@@ -50,17 +50,31 @@ async fn plan_for(
     id: &str,
     opts: &DeployOptions,
 ) -> Result<DeployPlan> {
-    let manifest = {
-        let (c, image, at) = (config.clone(), image.to_string(), opts.capture.clone());
-        tokio::task::spawn_blocking(move || open(&c)?.manifest(&image, at.as_deref())).await??
-    };
-    let mut plan = match &opts.plan {
+    let from_file = match &opts.plan {
         Some(file) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("plan {}: cannot read it", file.display()))?;
-            serde_saphyr::from_str::<DeployPlan>(&text)
-                .map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))?
+            Some(
+                serde_saphyr::from_str::<DeployPlan>(&text)
+                    .map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))?,
+            )
         }
+        None => None,
+    };
+    let planned = from_file.as_ref().and_then(|p| p.capture.clone());
+    if let (Some(asked), Some(planned)) = (&opts.capture, &planned)
+        && asked != planned
+    {
+        bail!("--capture {asked}, but the plan is for capture {planned}");
+    }
+    // A plan names its capture; else --capture; else the latest.
+    let at = planned.or_else(|| opts.capture.clone());
+    let manifest = {
+        let (c, image) = (config.clone(), image.to_string());
+        tokio::task::spawn_blocking(move || open(&c)?.manifest(&image, at.as_deref())).await??
+    };
+    let mut plan = match from_file {
+        Some(plan) => plan,
         None => {
             let fleet = crate::cli::fleet(config)?;
             let id = fleet.resolve(id).await?;

@@ -73,6 +73,11 @@ pub struct DiskLayout {
     /// Its size as the target's survey saw it; a deploy refuses a disk whose size
     /// differs (the wrong disk).
     pub size_bytes: u64,
+    /// Its WWN or serial number as the target's survey saw it, when it has one; a
+    /// deploy refuses a disk that has another (kernel names can change between
+    /// boots, and disks of one size are common).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Partition table kind.
     pub table: TableKind,
     /// Partitions in order; numbered from 1.
@@ -170,6 +175,11 @@ pub struct FsLayout {
     /// none for a new, empty one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The UUID to make it with, e.g. the source filesystem's, so that references
+    /// outside fstab (`resume=`, crypttab, boot entries) still hold; a new one when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 /// The migrated system's network.
@@ -365,7 +375,7 @@ fn md_capacity(level: &str, members: &[u64]) -> Option<u64> {
     let smallest = *members.iter().min()?;
     let each = smallest.saturating_sub((smallest / 1024).clamp(MIB, 128 * MIB) + MIB);
     match level {
-        "raid0" if n >= 2 => Some(members.iter().map(|m| m.saturating_sub(2 * MIB)).sum()),
+        "raid0" if n >= 2 => Some(each * n),
         "raid1" if n >= 2 => Some(each),
         "raid5" if n >= 3 => Some(each * (n - 1)),
         "raid6" if n >= 4 => Some(each * (n - 2)),
@@ -543,6 +553,25 @@ impl DeployPlan {
                 p.push(format!("{name}: used by {by} and something else too"));
             }
         };
+        let lvm_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && !n.starts_with('-')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c))
+        };
+        for name in self.storage.md.iter().map(|m| &m.name).chain(
+            self.storage
+                .vgs
+                .iter()
+                .flat_map(|g| std::iter::once(&g.name).chain(g.lvs.iter().map(|l| &l.name))),
+        ) {
+            if !lvm_name(name) {
+                p.push(format!(
+                    "name {name:?}: arrays, volume groups and volumes take letters, digits and + _ . - (not first)"
+                ));
+            }
+        }
         for md in &self.storage.md {
             let mut sizes = Vec::new();
             for m in &md.members {
@@ -588,7 +617,13 @@ impl DeployPlan {
                 }
             }
             let capacity = vg_capacity(&pvs);
-            let fixed: u64 = vg.lvs.iter().filter_map(|l| l.size_bytes).sum();
+            // lvcreate rounds each volume up to whole 4 MiB extents.
+            let fixed: u64 = vg
+                .lvs
+                .iter()
+                .filter_map(|l| l.size_bytes)
+                .map(|s| s.div_ceil(4 * MIB) * 4 * MIB)
+                .sum();
             let rests = vg.lvs.iter().filter(|l| l.size_bytes.is_none()).count();
             if rests > 1 {
                 p.push(format!(
@@ -636,6 +671,20 @@ impl DeployPlan {
                 fs.device,
                 fs.mount.as_deref().unwrap_or(&fs.fstype)
             );
+            let limit = match fs.fstype.as_str() {
+                "vfat" => 11,
+                "xfs" => 12,
+                "ext4" | "swap" => 16,
+                _ => 255,
+            };
+            if let Some(l) = &fs.label
+                && (l.len() > limit || l.contains(['/', ' ']))
+            {
+                p.push(format!(
+                    "{what}: label {l:?}: a {} label has at most {limit} characters, without / or spaces",
+                    fs.fstype
+                ));
+            }
             if !FSTYPES.contains(&fs.fstype.as_str()) {
                 p.push(format!(
                     "{what}: type {} is not one of {}",
@@ -876,6 +925,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
                 mount: Some("/boot/efi".into()),
                 options: Some("umask=0077".into()),
                 source: None,
+                uuid: None,
             });
         }
         _ => parts.push(PartLayout {
@@ -957,6 +1007,10 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
                 base
             }
         };
+        // The same type keeps the source's UUID (and references to it) valid.
+        let uuid = src
+            .filter(|s| s.fstype == fstype)
+            .and_then(|s| s.uuid.clone());
         filesystems.push(FsLayout {
             device,
             fstype,
@@ -964,6 +1018,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
             mount: Some(f.path.clone()),
             options: fstab_options(storage, &f.path),
             source: Some(f.path.clone()),
+            uuid,
         });
     }
     for s in storage.swap.iter().filter(|s| s.kind == "partition") {
@@ -1006,6 +1061,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
             mount: None,
             options: None,
             source: None,
+            uuid: None,
         });
     }
     // One physical volume per group: the group holding the root takes the rest of
@@ -1055,6 +1111,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
             disks: vec![DiskLayout {
                 disk: disk.name.clone(),
                 size_bytes: disk.size_bytes,
+                id: disk.wwn.clone().or_else(|| disk.serial.clone()),
                 table: TableKind::Gpt,
                 partitions: parts,
             }],
@@ -1089,14 +1146,21 @@ fn lv_of(source: &Survey, device: &str) -> Option<(String, String)> {
     })
 }
 
-/// The fstab options the source used for `path`, unless they are the defaults.
+/// The fstab options the source used for `path`, unless they are the defaults; a
+/// btrfs subvolume's are left out (the new filesystem has none).
 fn fstab_options(storage: &crate::survey::Storage, path: &str) -> Option<String> {
     storage
         .fstab
         .iter()
         .find(|e| e.file == path)
-        .map(|e| e.options.clone())
-        .filter(|o| o != "defaults")
+        .map(|e| {
+            e.options
+                .split(',')
+                .filter(|o| !o.starts_with("subvol=") && !o.starts_with("subvolid="))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|o| o != "defaults" && !o.is_empty())
 }
 
 /// The source's addresses on the target's first NIC, under the source interface's
@@ -1169,6 +1233,7 @@ pub mod examples {
             mount: mount.map(Into::into),
             options: None,
             source: source.map(Into::into),
+            uuid: None,
         }
     }
 
@@ -1192,6 +1257,7 @@ pub mod examples {
                 disks: vec![DiskLayout {
                     disk: "vda".into(),
                     size_bytes: 20 * GIB,
+                    id: None,
                     table: TableKind::Gpt,
                     partitions: vec![
                         part("biosboot", Some(1), PartRole::BiosBoot),
@@ -1388,6 +1454,14 @@ mod tests {
             "an MBR table holds 4 partitions",
         );
         says(|p| p.version = PLAN_VERSION + 1, "update the agent");
+        says(
+            |p| p.storage.filesystems[1].label = Some("a-long-xfs-label".into()),
+            "label \"a-long-xfs-label\": a xfs label has at most 12 characters",
+        );
+        says(
+            |p| p.storage.vgs[0].name = "sys vg".into(),
+            "name \"sys vg\": arrays",
+        );
     }
 
     /// RAID1 over two disks with LVM on the array: sound; one member is refused, and
@@ -1455,6 +1529,7 @@ mod tests {
                         Filesystem {
                             device: "/dev/mapper/sys-root".into(),
                             fstype: "ext4".into(),
+                            uuid: Some("5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50".into()),
                             size_bytes: 8 * GIB,
                             used_bytes: Some(2 * GIB),
                             mountpoints: vec!["/".into()],
@@ -1603,6 +1678,11 @@ mod tests {
                 root.options.as_deref()
             ),
             ("sys/root", "ext4", Some("errors=remount-ro"))
+        );
+        // The source's UUID is kept, so references to it outside fstab still hold.
+        assert_eq!(
+            root.uuid.as_deref(),
+            Some("5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50")
         );
         assert_eq!(plan.boot.mode, BootMode::Uefi);
         let nic = &plan.network.interfaces[0];

@@ -94,6 +94,7 @@ fn mirrored_plan() -> DeployPlan {
         .map(|d| ferry_model::deploy::DiskLayout {
             disk: d.to_string(),
             size_bytes: GIB,
+            id: None,
             table: TableKind::Gpt,
             partitions: vec![
                 part(&format!("bios-{d}"), Some(1), PartRole::BiosBoot),

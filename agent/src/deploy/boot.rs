@@ -13,10 +13,14 @@ use ferry_model::survey::BootMode;
 use super::storage::partition_dev;
 use crate::survey::Host;
 
-/// Runs `args` in a chroot of the target at `root`.
-fn chroot(host: &Host, root: &Path, args: &[&str]) -> Result<String> {
+/// The search path of programs run in the migrated system: its own folders, not the
+/// ramdisk's (whose PID 1 may have none, leaving /usr/sbin unsearched).
+const CHROOT_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `args` in a chroot of the target at `root`, with the system's own PATH.
+pub(crate) fn chroot(host: &Host, root: &Path, args: &[&str]) -> Result<String> {
     let root = root.to_string_lossy();
-    let mut all = vec![root.as_ref()];
+    let mut all = vec![root.as_ref(), "/usr/bin/env", CHROOT_PATH];
     all.extend_from_slice(args);
     host.tool("chroot", &all).map_err(|e| anyhow!(e))
 }
@@ -229,8 +233,16 @@ pub fn regenerate_initramfs(
                 }
             }
             write_file(&file, &text)?;
-            chroot(host, root, &["update-initramfs", "-u", "-k", "all"])
-                .context("rebuilding the initramfs")?;
+            // `-u` updates only images update-initramfs already knows of.
+            for v in &versions {
+                let how = if root.join(format!("boot/initrd.img-{v}")).exists() {
+                    "-u"
+                } else {
+                    "-c"
+                };
+                chroot(host, root, &["update-initramfs", how, "-k", v])
+                    .with_context(|| format!("rebuilding the initramfs of kernel {v}"))?;
+            }
         }
         InitramfsTool::Dracut => {
             write_file(
@@ -251,11 +263,7 @@ pub fn regenerate_initramfs(
                 root,
                 &["lsinitramfs", &format!("/boot/initrd.img-{v}")],
             ),
-            InitramfsTool::Dracut => chroot(
-                host,
-                root,
-                &["lsinitrd", &format!("/boot/initramfs-{v}.img")],
-            ),
+            InitramfsTool::Dracut => chroot(host, root, &["lsinitrd", "--kver", v]),
         }
         .with_context(|| format!("listing the initramfs of kernel {v}"))?;
         for m in modules {
@@ -352,11 +360,12 @@ pub fn install_grub(host: &Host, root: &Path, plan: &DeployPlan) -> Result<()> {
             );
             let id = efi_id(root);
             let bootloader = format!("--bootloader-id={id}");
-            // Its own folder with an NVRAM entry, then the removable path firmware
-            // falls back to when its entry is lost.
+            // Its own folder, then the removable path firmware falls back to when its
+            // entry is lost; the NVRAM entry is made from the ramdisk below (a chroot
+            // sees no efivarfs).
             for (how, what) in [
                 (
-                    [bootloader.as_str(), "--recheck"],
+                    [bootloader.as_str(), "--no-nvram"],
                     "installing GRUB for UEFI",
                 ),
                 (
@@ -440,7 +449,7 @@ mod tests {
                     .expect("log")
                     .push(format!("{name} {}", args.join(" ")).trim().to_string());
                 Ok(match (name, args.get(1)) {
-                    ("chroot", Some(&"lsinitramfs")) => listing.to_string(),
+                    ("chroot", _) if args.contains(&"lsinitramfs") => listing.to_string(),
                     ("efibootmgr", None) => {
                         "BootCurrent: 0001\nBoot0001* UEFI QEMU HARDDISK\n".into()
                     }
@@ -547,7 +556,7 @@ mod tests {
         assert_eq!(
             *log.lock().expect("log"),
             [format!(
-                "chroot {} depmod -a {KERNEL}",
+                "chroot {} /usr/bin/env {CHROOT_PATH} depmod -a {KERNEL}",
                 target.path().display()
             )]
         );
@@ -593,8 +602,10 @@ mod tests {
         assert_eq!(
             *log.lock().expect("log"),
             [
-                format!("chroot {t} update-initramfs -u -k all"),
-                format!("chroot {t} lsinitramfs /boot/initrd.img-{KERNEL}")
+                format!("chroot {t} /usr/bin/env {CHROOT_PATH} update-initramfs -c -k {KERNEL}"),
+                format!(
+                    "chroot {t} /usr/bin/env {CHROOT_PATH} lsinitramfs /boot/initrd.img-{KERNEL}"
+                )
             ]
         );
         let err =
@@ -629,9 +640,15 @@ mod tests {
         assert_eq!(
             *log.lock().expect("log"),
             [
-                format!("chroot {t} grub-install --target=i386-pc --recheck /dev/vda"),
-                format!("chroot {t} grub-install --target=i386-pc --recheck /dev/vdb"),
-                format!("chroot {t} grub-mkconfig -o /boot/grub/grub.cfg"),
+                format!(
+                    "chroot {t} /usr/bin/env {CHROOT_PATH} grub-install --target=i386-pc --recheck /dev/vda"
+                ),
+                format!(
+                    "chroot {t} /usr/bin/env {CHROOT_PATH} grub-install --target=i386-pc --recheck /dev/vdb"
+                ),
+                format!(
+                    "chroot {t} /usr/bin/env {CHROOT_PATH} grub-mkconfig -o /boot/grub/grub.cfg"
+                ),
             ]
         );
 
@@ -655,11 +672,11 @@ mod tests {
             *log.lock().expect("log"),
             [
                 "mount -t efivarfs efivarfs /sys/firmware/efi/efivars".to_string(),
-                format!("chroot {t} grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --recheck"),
-                format!("chroot {t} grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram"),
+                format!("chroot {t} /usr/bin/env {CHROOT_PATH} grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --no-nvram"),
+                format!("chroot {t} /usr/bin/env {CHROOT_PATH} grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram"),
                 "efibootmgr".to_string(),
                 "efibootmgr --create --disk /dev/vda --part 1 --label debian --loader \\EFI\\debian\\grubx64.efi".to_string(),
-                format!("chroot {t} grub-mkconfig -o /boot/grub/grub.cfg"),
+                format!("chroot {t} /usr/bin/env {CHROOT_PATH} grub-mkconfig -o /boot/grub/grub.cfg"),
             ]
         );
         assert_eq!(esp_dev(&uefi).as_deref(), Some("/dev/vda1"));

@@ -148,11 +148,18 @@ pub fn hosts(old: &str, old_name: &str, name: &str) -> String {
 /// `mdadm.conf` lines for the arrays, from `mdadm --detail --scan` output, so the
 /// initramfs assembles them by UUID.
 pub fn mdadm_conf(old: &str, scan: &str) -> String {
-    let mut out: String = old
-        .lines()
-        .filter(|l| !l.starts_with("ARRAY"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    // An ARRAY line goes with the indented lines that continue it.
+    let mut out = String::new();
+    let mut in_array = false;
+    for l in old.lines() {
+        if l.starts_with("ARRAY") {
+            in_array = true;
+        } else if !(in_array && l.starts_with([' ', '\t'])) {
+            in_array = false;
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
     for l in scan.lines().filter(|l| l.starts_with("ARRAY")) {
         out.push_str(l.trim());
         out.push('\n');
@@ -168,7 +175,7 @@ pub fn name_rules(net: &NetworkPlan) -> File {
         if let IfaceKind::Ethernet { mac } = &i.kind {
             let _ = writeln!(
                 text,
-                "SUBSYSTEM==\"net\", ACTION==\"add\", ATTR{{address}}==\"{}\", NAME=\"{}\"",
+                "SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{{type}}==\"1\", ATTR{{address}}==\"{}\", NAME=\"{}\"",
                 mac.to_ascii_lowercase(),
                 i.name
             );
@@ -380,7 +387,11 @@ pub fn netplan(net: &NetworkPlan) -> File {
         let routes: Vec<String> = [false, true]
             .iter()
             .filter_map(|v6| gateway_of(net, &i.name, *v6))
-            .map(|g| format!("        - to: default\n          via: \"{g}\"\n"))
+            // `default` needs netplan 0.103; the prefixes work on every version.
+            .map(|g| {
+                let to = if g.contains(':') { "::/0" } else { "0.0.0.0/0" };
+                format!("        - to: \"{to}\"\n          via: \"{g}\"\n")
+            })
             .chain(other_routes(net, &i.name).map(|(dst, via)| {
                 let via = via
                     .map(|g| format!("          via: \"{g}\"\n"))
@@ -577,10 +588,10 @@ mod tests {
         );
         assert_eq!(
             mdadm_conf(
-                "HOMEHOST <system>\nARRAY /dev/md/old UUID=1\n",
+                "HOMEHOST <system>\nARRAY /dev/md/old metadata=1.2\n   UUID=1:2:3:4\nMAILADDR root\n",
                 "ARRAY /dev/md/md0 metadata=1.2 name=any:md0 UUID=5:6:7:8\n"
             ),
-            "HOMEHOST <system>\nARRAY /dev/md/md0 metadata=1.2 name=any:md0 UUID=5:6:7:8\n"
+            "HOMEHOST <system>\nMAILADDR root\nARRAY /dev/md/md0 metadata=1.2 name=any:md0 UUID=5:6:7:8\n"
         );
     }
 
@@ -671,6 +682,7 @@ mod tests {
         assert_eq!(ens3["match"]["macaddress"], "52:54:00:12:34:56");
         assert_eq!(ens3["set-name"], "ens3");
         assert_eq!(ens3["addresses"][1], "2001:db8::10/64");
+        assert_eq!(ens3["routes"][0]["to"], "0.0.0.0/0");
         assert_eq!(ens3["routes"][0]["via"], "192.0.2.1");
         assert_eq!(ens3["nameservers"]["search"][0], "example.net");
         let vlan = &v["network"]["vlans"]["ens3.100"];
@@ -729,7 +741,7 @@ mod tests {
         assert_eq!(
             name_rules(&plan().network).content.lines().nth(1),
             Some(
-                "SUBSYSTEM==\"net\", ACTION==\"add\", ATTR{address}==\"52:54:00:12:34:56\", NAME=\"ens3\""
+                "SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{type}==\"1\", ATTR{address}==\"52:54:00:12:34:56\", NAME=\"ens3\""
             )
         );
     }

@@ -57,6 +57,9 @@ pub fn run(host: &Host, lib: &Library, plan: &DeployPlan, meter: &Arc<Meter>) ->
         .manifest(&plan.image, plan.capture.as_deref())
         .with_context(|| format!("reading image {}", plan.image))?;
     check(plan, &manifest)?;
+    // Every disk must be the planned one before any is touched (and a refused disk
+    // is not wiped as a failed deploy's would be).
+    storage::check_disks(host, &plan.storage)?;
     let mut done = Deployed {
         capture: manifest.capture.clone(),
         ..Default::default()
@@ -264,6 +267,13 @@ fn configure(
         }
         put(root, "/etc/resolv.conf", 0o644, &text)?;
     }
+    // LVM's devices file (RHEL 9) lists the source's disks only: without it, LVM
+    // scans every disk, these ones included.
+    let devices = root.join("etc/lvm/devices/system.devices");
+    if devices.exists() {
+        std::fs::rename(&devices, devices.with_extension("devices.ferry-old"))
+            .context("setting LVM's devices file aside")?;
+    }
     for f in &plan.inject.files {
         put(root, &f.path, f.mode, &f.content)?;
     }
@@ -297,6 +307,9 @@ fn drivers(host: &Host, plan: &DeployPlan, root: &Path) -> Result<Vec<String>> {
     Ok(added)
 }
 
+/// Where Debian's invoke-rc.d asks whether a service may start.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
 /// The plan's package files, installed with the migrated system's package tool.
 fn software(host: &Host, plan: &DeployPlan, root: &Path) -> Result<()> {
     for p in &plan.inject.packages {
@@ -314,14 +327,15 @@ fn software(host: &Host, plan: &DeployPlan, root: &Path) -> Result<()> {
         } else {
             bail!("package {p}: neither .deb nor .rpm");
         };
-        let r = root.to_string_lossy();
-        let mut args = vec![r.as_ref()];
-        args.extend_from_slice(tool);
+        let mut args = tool.to_vec();
         args.push(&inside);
-        host.tool("chroot", &args)
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("installing package {name}"))?;
+        // Package scripts must not start services in the ramdisk (they would keep
+        // the target busy): policy-rc.d says no while packages are installed.
+        put(root, POLICY_RC_D, 0o755, "#!/bin/sh\nexit 101\n")?;
+        let installed = boot::chroot(host, root, &args);
+        let _ = std::fs::remove_file(root.join(POLICY_RC_D.trim_start_matches('/')));
         let _ = std::fs::remove_file(root.join(inside.trim_start_matches('/')));
+        installed.with_context(|| format!("installing package {name}"))?;
     }
     Ok(())
 }
@@ -331,11 +345,9 @@ fn scripts(host: &Host, plan: &DeployPlan, root: &Path) -> Result<()> {
     for (i, s) in plan.scripts.iter().enumerate() {
         let inside = format!("/tmp/ferry-script-{i}");
         put(root, &inside, 0o700, &s.content)?;
-        let r = root.to_string_lossy();
-        let ran = host.tool("chroot", &[r.as_ref(), "/bin/sh", &inside]);
+        let ran = boot::chroot(host, root, &["/bin/sh", &inside]);
         let _ = std::fs::remove_file(root.join(inside.trim_start_matches('/')));
-        ran.map_err(|e| anyhow!(e))
-            .with_context(|| format!("script {}", s.name))?;
+        ran.with_context(|| format!("script {}", s.name))?;
     }
     Ok(())
 }

@@ -55,27 +55,51 @@ fn run(host: &Host, name: &str, args: &[&str]) -> Result<String> {
     host.tool(name, args).map_err(|e| anyhow!(e))
 }
 
+/// Checks every planned disk is on this machine with the planned size and identity
+/// (WWN or serial), before any of them is touched.
+pub fn check_disks(host: &Host, storage: &StorageLayout) -> Result<()> {
+    let present = crate::survey::hw::disks(host);
+    for disk in &storage.disks {
+        let Some(found) = present.iter().find(|d| d.name == disk.disk) else {
+            bail!("disk {}: not found on this machine", disk.disk);
+        };
+        if found.size_bytes != disk.size_bytes {
+            bail!(
+                "disk {}: it has {} bytes, the plan was made for {} bytes; is it the right disk? Plan again for this machine",
+                disk.disk,
+                found.size_bytes,
+                disk.size_bytes
+            );
+        }
+        if let Some(id) = &disk.id
+            && found.wwn.as_ref() != Some(id)
+            && found.serial.as_ref() != Some(id)
+        {
+            bail!(
+                "disk {}: its WWN/serial is {}, the plan was made for {id}; kernel names can move between boots: plan again for this machine",
+                disk.disk,
+                found
+                    .wwn
+                    .as_ref()
+                    .or(found.serial.as_ref())
+                    .map_or("none", |s| s.as_str())
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Stops what holds the planned disks (volume groups, arrays), then wipes every
-/// signature on them and on their old partitions, and their partition tables.
+/// signature on them and on their old partitions, and their partition tables —
+/// after checking every disk is the planned one.
 pub fn wipe(host: &Host, storage: &StorageLayout) -> Result<()> {
+    check_disks(host, storage)?;
     // Nothing else of the ramdisk uses LVM or RAID: stopping all of it frees the
     // disks without touching other disks' data.
     let _ = run(host, "vgchange", &["-an"]);
     let _ = run(host, "mdadm", &["--stop", "--scan"]);
     for disk in &storage.disks {
         let dev = format!("/dev/{}", disk.disk);
-        if !host.exists(&dev) {
-            bail!("disk {}: not found on this machine", disk.disk);
-        }
-        let size = disk_size(host, &disk.disk)?;
-        if size != disk.size_bytes {
-            bail!(
-                "disk {}: it has {} bytes, the plan was made for {} bytes; is it the right disk? Plan again for this machine",
-                disk.disk,
-                size,
-                disk.size_bytes
-            );
-        }
         for part in host
             .list(&format!("/sys/block/{}", disk.disk))
             .into_iter()
@@ -89,17 +113,6 @@ pub fn wipe(host: &Host, storage: &StorageLayout) -> Result<()> {
             .with_context(|| format!("removing the partition tables of disk {}", disk.disk))?;
     }
     Ok(())
-}
-
-/// A disk's size in bytes, from its 512-byte sector count.
-fn disk_size(host: &Host, disk: &str) -> Result<u64> {
-    let sectors = host
-        .read(&format!("/sys/block/{disk}/size"))
-        .ok_or_else(|| anyhow!("disk {disk}: its size cannot be read"))?;
-    sectors
-        .parse::<u64>()
-        .map(|s| s * 512)
-        .map_err(|_| anyhow!("disk {disk}: size {sectors:?} is not a number"))
 }
 
 /// The GPT type code of a partition (sgdisk's short codes).
@@ -285,43 +298,60 @@ pub fn make_filesystems(host: &Host, storage: &StorageLayout) -> Result<Vec<Made
         let dev = device_of(storage, &fs.device)
             .ok_or_else(|| anyhow!("filesystem on {}: no such device", fs.device))?;
         let label = fs.label.as_deref();
+        let uuid = fs.uuid.as_deref();
+        // vfat's volume id is the UUID's 8 hex digits without the dash.
+        let volume_id = uuid.map(|u| u.replace('-', ""));
+        let xfs_uuid = uuid.map(|u| format!("uuid={u}"));
         let mut args: Vec<&str> = Vec::new();
         let tool = match fs.fstype.as_str() {
             "ext4" => {
                 args.extend(["-F", "-q"]);
                 args.extend(label.iter().flat_map(|l| ["-L", *l]));
+                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
                 "mkfs.ext4"
             }
             "xfs" => {
                 args.extend(["-f", "-q"]);
                 args.extend(label.iter().flat_map(|l| ["-L", *l]));
+                args.extend(xfs_uuid.iter().flat_map(|u| ["-m", u.as_str()]));
                 "mkfs.xfs"
             }
             "vfat" => {
                 args.extend(["-F", "32"]);
                 args.extend(label.iter().flat_map(|l| ["-n", *l]));
+                args.extend(volume_id.iter().flat_map(|v| ["-i", v.as_str()]));
                 "mkfs.vfat"
             }
             "btrfs" => {
                 args.extend(["-f", "-q"]);
                 args.extend(label.iter().flat_map(|l| ["-L", *l]));
+                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
                 "mkfs.btrfs"
             }
             "swap" => {
                 args.extend(label.iter().flat_map(|l| ["-L", *l]));
+                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
                 "mkswap"
             }
             other => bail!("filesystem on {}: cannot make {other}", fs.device),
         };
         args.push(&dev);
         run(host, tool, &args).with_context(|| format!("making {} on {}", fs.fstype, fs.device))?;
-        let uuid = run(host, "blkid", &["-o", "value", "-s", "UUID", &dev])
+        // Probed on the device, not from blkid's cache.
+        let uuid = run(host, "blkid", &["-p", "-o", "value", "-s", "UUID", &dev])
             .with_context(|| format!("reading the UUID of {dev}"))?
             .trim()
             .to_string();
         if uuid.is_empty() {
             bail!("{dev}: the new {} has no UUID", fs.fstype);
         }
+        // Without udev nothing makes /dev/disk/by-uuid; GRUB's menu generator names
+        // the root by UUID only when that link exists.
+        let link = format!("/dev/disk/by-uuid/{uuid}");
+        let _ = std::fs::create_dir_all(host.path("/dev/disk/by-uuid"));
+        let _ = std::fs::remove_file(host.path(&link));
+        std::os::unix::fs::symlink(&dev, host.path(&link))
+            .with_context(|| format!("linking {link}"))?;
         made.push(Made {
             fs: fs.clone(),
             dev,
@@ -510,7 +540,8 @@ mod tests {
                     }
                     "mdadm" if args.first() == Some(&"--create") => node(args[1]).expect("node"),
                     "blkid" => {
-                        return Ok(format!("uuid-of-{}\n", last.trim_start_matches("/dev/")));
+                        let dev = last.trim_start_matches("/dev/").replace('/', "-");
+                        return Ok(format!("uuid-of-{dev}\n"));
                     }
                     _ => {}
                 }
@@ -560,6 +591,7 @@ mod tests {
             fs("swap", "swap", None, None),
             FsLayout {
                 label: Some("root".into()),
+                uuid: Some("5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50".into()),
                 ..fs("root", "ext4", Some("/"), Some("/"))
             },
         ];
@@ -577,9 +609,9 @@ mod tests {
                  wipefs -a /dev/vda2
                  wipefs -a /dev/vda3
                  mkswap /dev/vda2
-                 blkid -o value -s UUID /dev/vda2
-                 mkfs.ext4 -F -q -L root /dev/vda3
-                 blkid -o value -s UUID /dev/vda3
+                 blkid -p -o value -s UUID /dev/vda2
+                 mkfs.ext4 -F -q -L root -U 5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50 /dev/vda3
+                 blkid -p -o value -s UUID /dev/vda3
                  mount -t ext4 /dev/vda3 /mnt/t
                  mount --bind /dev /mnt/t/dev
                  mount -t proc proc /mnt/t/proc
@@ -627,13 +659,13 @@ mod tests {
                  lvcreate --yes --wipesignatures=y --name=swap --size=1024m sys
                  lvcreate --yes --wipesignatures=y --name=root --extents=100%FREE sys
                  mkfs.ext4 -F -q /dev/nvme0n1p2
-                 blkid -o value -s UUID /dev/nvme0n1p2
+                 blkid -p -o value -s UUID /dev/nvme0n1p2
                  mkfs.xfs -f -q /dev/sys/root
-                 blkid -o value -s UUID /dev/sys/root
+                 blkid -p -o value -s UUID /dev/sys/root
                  mkswap /dev/sys/swap
-                 blkid -o value -s UUID /dev/sys/swap
+                 blkid -p -o value -s UUID /dev/sys/swap
                  mkfs.vfat -F 32 -n EFI /dev/nvme0n1p1
-                 blkid -o value -s UUID /dev/nvme0n1p1
+                 blkid -p -o value -s UUID /dev/nvme0n1p1
                  mount -t xfs /dev/sys/root /mnt/t
                  mount -t ext4 /dev/nvme0n1p2 /mnt/t/boot
                  mount -t vfat /dev/nvme0n1p1 /mnt/t/boot/efi"
@@ -647,6 +679,7 @@ mod tests {
         let disk = |d: &str| DiskLayout {
             disk: d.into(),
             size_bytes: 8 * GIB,
+            id: None,
             table: TableKind::Gpt,
             partitions: vec![
                 part(&format!("bios-{d}"), Some(1), PartRole::BiosBoot),
@@ -702,6 +735,7 @@ mod tests {
             disks: vec![DiskLayout {
                 disk: "sda".into(),
                 size_bytes: 4 * GIB,
+                id: None,
                 table: TableKind::Mbr,
                 partitions: vec![
                     part("boot", Some(512), PartRole::Data),
@@ -736,6 +770,7 @@ mod tests {
             disks: vec![DiskLayout {
                 disk: "vda".into(),
                 size_bytes: 20 * GIB,
+                id: None,
                 table: TableKind::Gpt,
                 partitions: vec![part("root", None, PartRole::Data)],
             }],
@@ -755,6 +790,15 @@ mod tests {
                 .expect("log")
                 .iter()
                 .any(|c| c.starts_with("wipefs"))
+        );
+        // Right size, another identity: refused too.
+        let mut other = storage.clone();
+        other.disks[0].size_bytes = 10 * GIB;
+        other.disks[0].id = Some("0x5000c500a1b2c3d4".into());
+        let err = format!("{:#}", wipe(&host, &other).expect_err("refused"));
+        assert!(
+            err.contains("its WWN/serial is none, the plan was made for 0x5000c500a1b2c3d4"),
+            "{err}"
         );
         log.lock().expect("log").clear();
         wipe_after_failure(&host, &storage).expect("wiped");
