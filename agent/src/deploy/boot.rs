@@ -11,6 +11,7 @@ use ferry_model::deploy::{DeployPlan, PartRole};
 use ferry_model::survey::BootMode;
 
 use super::storage::partition_dev;
+use super::tool;
 use crate::survey::Host;
 
 /// The search path of programs run in the migrated system: its own folders, not the
@@ -22,7 +23,7 @@ pub(crate) fn chroot(host: &Host, root: &Path, args: &[&str]) -> Result<String> 
     let root = root.to_string_lossy();
     let mut all = vec![root.as_ref(), "/usr/bin/env", CHROOT_PATH];
     all.extend_from_slice(args);
-    host.tool("chroot", &all).map_err(|e| anyhow!(e))
+    tool(host, "chroot", &all)
 }
 
 /// A module name as the kernel compares them (`-` and `_` alike).
@@ -72,20 +73,33 @@ pub fn kernels(root: &Path) -> Vec<String> {
     v
 }
 
+/// The module a path names (`…/virtio_blk.ko.xz` → `virtio_blk`), if it is one.
+fn module_in(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    file.split_once(".ko").map(|(name, _)| module_key(name))
+}
+
+/// Whether the list of module paths `text` (a module index, an initramfs listing)
+/// holds `module`.
+fn lists(text: &str, module: &str) -> bool {
+    let key = module_key(module);
+    text.lines()
+        .filter_map(|l| module_in(l.split(':').next().unwrap_or(l)))
+        .any(|m| m == key)
+}
+
+/// Whether kernel `version` under `root` has `module` in index `file`
+/// (`modules.dep`, `modules.builtin`).
+fn indexed(root: &Path, version: &str, file: &str, module: &str) -> bool {
+    let path = format!("/lib/modules/{version}/{file}");
+    lists(&super::get(root, &path), module)
+}
+
 /// Whether kernel `version` under `root` has `module` as a module or built in.
 fn has_module(root: &Path, version: &str, module: &str) -> bool {
-    let key = module_key(module);
-    ["modules.dep", "modules.builtin"].iter().any(|f| {
-        std::fs::read_to_string(root.join(format!("lib/modules/{version}/{f}")))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(':').next())
-            .filter_map(|p| p.rsplit('/').next())
-            .any(|file| {
-                let name = file.split(".ko").next().unwrap_or(file);
-                module_key(name) == key
-            })
-    })
+    ["modules.dep", "modules.builtin"]
+        .iter()
+        .any(|f| indexed(root, version, f, module))
 }
 
 /// Finds `module`'s file for kernel `version` under `dir` (a module tree or a driver
@@ -98,10 +112,7 @@ fn find_module(dir: &Path, module: &str) -> Option<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Some(name) = p.file_name().and_then(|n| n.to_str())
-                && name.contains(".ko")
-                && module_key(name.split(".ko").next().unwrap_or("")) == key
-            {
+            } else if p.to_str().and_then(module_in).as_deref() == Some(key.as_str()) {
                 return Some(p);
             }
         }
@@ -224,15 +235,15 @@ pub fn regenerate_initramfs(
     }
     match tool {
         InitramfsTool::InitramfsTools => {
-            let file = root.join("etc/initramfs-tools/modules");
-            let old = std::fs::read_to_string(&file).unwrap_or_default();
+            let file = "/etc/initramfs-tools/modules";
+            let old = super::get(root, file);
             let mut text = old.clone();
             for m in modules {
                 if !old.lines().any(|l| l.trim() == m) {
                     text.push_str(&format!("{m}\n"));
                 }
             }
-            write_file(&file, &text)?;
+            super::put(root, file, 0o644, &text)?;
             // `-u` updates only images update-initramfs already knows of.
             for v in &versions {
                 let how = if root.join(format!("boot/initrd.img-{v}")).exists() {
@@ -245,8 +256,10 @@ pub fn regenerate_initramfs(
             }
         }
         InitramfsTool::Dracut => {
-            write_file(
-                &root.join("etc/dracut.conf.d/90-ferry.conf"),
+            super::put(
+                root,
+                "/etc/dracut.conf.d/90-ferry.conf",
+                0o644,
                 &format!(
                     "# Written by Ferry: this machine's disk drivers.\nadd_drivers+=\" {} \"\n",
                     modules.join(" ")
@@ -267,25 +280,7 @@ pub fn regenerate_initramfs(
         }
         .with_context(|| format!("listing the initramfs of kernel {v}"))?;
         for m in modules {
-            let key = module_key(m);
-            let inside = listing.lines().any(|l| {
-                l.rsplit('/')
-                    .next()
-                    .and_then(|f| f.split(".ko").next())
-                    .is_some_and(|n| l.contains(".ko") && module_key(n) == key)
-            });
-            let builtin =
-                std::fs::read_to_string(root.join(format!("lib/modules/{v}/modules.builtin")))
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| {
-                        l.rsplit('/')
-                            .next()
-                            .and_then(|f| f.split(".ko").next())
-                            .map(module_key)
-                            == Some(key.clone())
-                    });
-            if !inside && !builtin {
+            if !lists(&listing, m) && !indexed(root, v, "modules.builtin", m) {
                 bail!(
                     "the new initramfs of kernel {v} lacks driver {m}, which this machine's disk needs: it would not find its root"
                 );
@@ -300,18 +295,9 @@ pub fn regenerate_initramfs(
     Ok(())
 }
 
-/// Writes `text` to `file`, creating its folder.
-fn write_file(file: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
-}
-
 /// The distribution's name for its EFI folder (`debian`, `ubuntu`, `fedora`…).
 fn efi_id(root: &Path) -> String {
-    std::fs::read_to_string(root.join("etc/os-release"))
-        .unwrap_or_default()
+    super::get(root, "/etc/os-release")
         .lines()
         .find_map(|l| l.strip_prefix("ID="))
         .map(|v| v.trim_matches('"').to_string())
@@ -383,14 +369,14 @@ pub fn install_grub(host: &Host, root: &Path, plan: &DeployPlan) -> Result<()> {
                 let loader = format!("\\EFI\\{id}\\grubx64.efi");
                 let dev = format!("/dev/{disk}");
                 let n = part.to_string();
-                host.tool(
+                tool(
+                    host,
                     "efibootmgr",
                     &[
                         "--create", "--disk", &dev, "--part", &n, "--label", &id, "--loader",
                         &loader,
                     ],
                 )
-                .map_err(|e| anyhow!(e))
                 .context("adding the UEFI boot entry")?;
             }
         }

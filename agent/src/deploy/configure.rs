@@ -145,6 +145,21 @@ pub fn hosts(old: &str, old_name: &str, name: &str) -> String {
     out
 }
 
+/// `/etc/resolv.conf` for the plan's resolvers; `None` when it has none.
+pub fn resolv_conf(dns: &ferry_model::survey::Dns) -> Option<String> {
+    if dns.nameservers.is_empty() {
+        return None;
+    }
+    let mut text = String::from("# Written by Ferry for this machine.\n");
+    for n in &dns.nameservers {
+        let _ = writeln!(text, "nameserver {n}");
+    }
+    if !dns.search.is_empty() {
+        let _ = writeln!(text, "search {}", dns.search.join(" "));
+    }
+    Some(text)
+}
+
 /// `mdadm.conf` lines for the arrays, from `mdadm --detail --scan` output, so the
 /// initramfs assembles them by UUID.
 pub fn mdadm_conf(old: &str, scan: &str) -> String {
@@ -573,6 +588,17 @@ mod tests {
              UUID=dddd /srv/data ext4 defaults 0 2\n\
              UUID=cccc none swap sw 0 0\n"
         );
+    }
+
+    #[test]
+    fn resolv_conf_lists_the_resolvers() {
+        assert_eq!(
+            resolv_conf(&net().dns).as_deref(),
+            Some(
+                "# Written by Ferry for this machine.\nnameserver 192.0.2.53\nsearch example.net\n"
+            )
+        );
+        assert_eq!(resolv_conf(&Default::default()), None);
     }
 
     #[test]

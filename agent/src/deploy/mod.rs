@@ -155,14 +155,19 @@ fn steps(
     })?;
     step(done, meter, "scripts", || scripts(host, plan, &root))?;
     step(done, meter, "unmount", || {
-        let _ = host.tool("sync", &[]);
+        let _ = tool(host, "sync", &[]);
         mounts.unmount()
     })?;
     Ok(())
 }
 
+/// Runs `name args` on `host`; the error names the command and what it said.
+pub(crate) fn tool(host: &Host, name: &str, args: &[&str]) -> Result<String> {
+    host.tool(name, args).map_err(|e| anyhow!(e))
+}
+
 /// Writes `text` at `path` of the migrated system at `root`, with `mode`.
-fn put(root: &Path, path: &str, mode: u32, text: &str) -> Result<()> {
+pub(crate) fn put(root: &Path, path: &str, mode: u32, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let file = root.join(path.trim_start_matches('/'));
     if let Some(dir) = file.parent() {
@@ -174,7 +179,7 @@ fn put(root: &Path, path: &str, mode: u32, text: &str) -> Result<()> {
 }
 
 /// Reads `path` of the migrated system; empty when absent.
-fn get(root: &Path, path: &str) -> String {
+pub(crate) fn get(root: &Path, path: &str) -> String {
     std::fs::read_to_string(root.join(path.trim_start_matches('/'))).unwrap_or_default()
 }
 
@@ -223,9 +228,7 @@ fn configure(
         &configure::hosts(&get(root, "/etc/hosts"), &manifest.hostname, &plan.hostname),
     )?;
     if !plan.storage.md.is_empty() {
-        let scan = host
-            .tool("mdadm", &["--detail", "--scan"])
-            .map_err(|e| anyhow!(e))?;
+        let scan = tool(host, "mdadm", &["--detail", "--scan"])?;
         let path = if root.join("etc/mdadm").is_dir() {
             "/etc/mdadm/mdadm.conf"
         } else {
@@ -257,14 +260,9 @@ fn configure(
     }
     let resolv = root.join("etc/resolv.conf");
     let is_link = std::fs::symlink_metadata(&resolv).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link && !plan.network.dns.nameservers.is_empty() {
-        let mut text = String::from("# Written by Ferry for this machine.\n");
-        for n in &plan.network.dns.nameservers {
-            text.push_str(&format!("nameserver {n}\n"));
-        }
-        if !plan.network.dns.search.is_empty() {
-            text.push_str(&format!("search {}\n", plan.network.dns.search.join(" ")));
-        }
+    if let Some(text) = configure::resolv_conf(&plan.network.dns)
+        && !is_link
+    {
         put(root, "/etc/resolv.conf", 0o644, &text)?;
     }
     // LVM's devices file (RHEL 9) lists the source's disks only: without it, LVM

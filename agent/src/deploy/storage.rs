@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_model::deploy::{FsLayout, PartRole, StorageLayout, TableKind};
 
+use super::tool;
 use crate::survey::Host;
 
 const MIB: u64 = 1 << 20;
@@ -50,11 +51,6 @@ fn devices_of(storage: &StorageLayout, names: &[String], owner: &str) -> Result<
         .collect()
 }
 
-/// Runs `name args` on `host`; the error names the command and what it said.
-fn run(host: &Host, name: &str, args: &[&str]) -> Result<String> {
-    host.tool(name, args).map_err(|e| anyhow!(e))
-}
-
 /// Checks every planned disk is on this machine with the planned size and identity
 /// (WWN or serial), before any of them is touched.
 pub fn check_disks(host: &Host, storage: &StorageLayout) -> Result<()> {
@@ -90,14 +86,13 @@ pub fn check_disks(host: &Host, storage: &StorageLayout) -> Result<()> {
 }
 
 /// Stops what holds the planned disks (volume groups, arrays), then wipes every
-/// signature on them and on their old partitions, and their partition tables —
-/// after checking every disk is the planned one.
+/// signature on them and on their old partitions, and their partition tables. Run
+/// [`check_disks`] first.
 pub fn wipe(host: &Host, storage: &StorageLayout) -> Result<()> {
-    check_disks(host, storage)?;
     // Nothing else of the ramdisk uses LVM or RAID: stopping all of it frees the
     // disks without touching other disks' data.
-    let _ = run(host, "vgchange", &["-an"]);
-    let _ = run(host, "mdadm", &["--stop", "--scan"]);
+    let _ = tool(host, "vgchange", &["-an"]);
+    let _ = tool(host, "mdadm", &["--stop", "--scan"]);
     for disk in &storage.disks {
         let dev = format!("/dev/{}", disk.disk);
         for part in host
@@ -105,11 +100,12 @@ pub fn wipe(host: &Host, storage: &StorageLayout) -> Result<()> {
             .into_iter()
             .filter(|p| p.starts_with(&disk.disk))
         {
-            run(host, "wipefs", &["-a", &format!("/dev/{part}")])
+            tool(host, "wipefs", &["-a", &format!("/dev/{part}")])
                 .with_context(|| format!("wiping old partition {part}"))?;
         }
-        run(host, "wipefs", &["-a", &dev]).with_context(|| format!("wiping disk {}", disk.disk))?;
-        run(host, "sgdisk", &["--zap-all", &dev])
+        tool(host, "wipefs", &["-a", &dev])
+            .with_context(|| format!("wiping disk {}", disk.disk))?;
+        tool(host, "sgdisk", &["--zap-all", &dev])
             .with_context(|| format!("removing the partition tables of disk {}", disk.disk))?;
     }
     Ok(())
@@ -166,7 +162,7 @@ pub fn partition(host: &Host, storage: &StorageLayout) -> Result<()> {
                 }
                 args.push(dev.clone());
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run(host, "sgdisk", &args)
+                tool(host, "sgdisk", &args)
                     .with_context(|| format!("partitioning disk {}", disk.disk))?;
             }
             TableKind::Mbr => {
@@ -187,7 +183,7 @@ pub fn partition(host: &Host, storage: &StorageLayout) -> Result<()> {
                 let file = format!("/tmp/ferry-sfdisk-{}", disk.disk);
                 std::fs::write(host.path(&file), &script)
                     .with_context(|| format!("writing {file}"))?;
-                run(
+                tool(
                     host,
                     "sh",
                     &[
@@ -199,11 +195,11 @@ pub fn partition(host: &Host, storage: &StorageLayout) -> Result<()> {
             }
         }
         // The kernel learns the new table (sgdisk and sfdisk ask it too).
-        let _ = run(host, "partx", &["-u", &dev]);
+        let _ = tool(host, "partx", &["-u", &dev]);
         for i in 1..=disk.partitions.len() {
             let part = partition_dev(&disk.disk, i);
             wait_for(host, &part)?;
-            run(host, "wipefs", &["-a", &part])
+            tool(host, "wipefs", &["-a", &part])
                 .with_context(|| format!("clearing old signatures on {part}"))?;
         }
     }
@@ -242,7 +238,7 @@ pub fn raid(host: &Host, storage: &StorageLayout) -> Result<()> {
             count.as_str(),
         ];
         args.extend(members.iter().map(String::as_str));
-        run(host, "mdadm", &args).with_context(|| format!("creating array {}", md.name))?;
+        tool(host, "mdadm", &args).with_context(|| format!("creating array {}", md.name))?;
         wait_for(host, &dev)?;
     }
     Ok(())
@@ -254,12 +250,12 @@ pub fn lvm(host: &Host, storage: &StorageLayout) -> Result<()> {
     for vg in &storage.vgs {
         let pvs = devices_of(storage, &vg.pvs, &format!("volume group {}", vg.name))?;
         for pv in &pvs {
-            run(host, "pvcreate", &["-ff", "-y", pv])
+            tool(host, "pvcreate", &["-ff", "-y", pv])
                 .with_context(|| format!("making {pv} a physical volume"))?;
         }
         let mut args = vec![vg.name.as_str()];
         args.extend(pvs.iter().map(String::as_str));
-        run(host, "vgcreate", &args)
+        tool(host, "vgcreate", &args)
             .with_context(|| format!("creating volume group {}", vg.name))?;
         let mut lvs: Vec<_> = vg.lvs.iter().collect();
         lvs.sort_by_key(|l| l.size_bytes.is_none());
@@ -269,7 +265,7 @@ pub fn lvm(host: &Host, storage: &StorageLayout) -> Result<()> {
                 None => "--extents=100%FREE".to_string(),
             };
             let name = format!("--name={}", lv.name);
-            run(
+            tool(
                 host,
                 "lvcreate",
                 &["--yes", "--wipesignatures=y", &name, &size, &vg.name],
@@ -297,48 +293,31 @@ pub fn make_filesystems(host: &Host, storage: &StorageLayout) -> Result<Vec<Made
     for fs in &storage.filesystems {
         let dev = device_of(storage, &fs.device)
             .ok_or_else(|| anyhow!("filesystem on {}: no such device", fs.device))?;
-        let label = fs.label.as_deref();
-        let uuid = fs.uuid.as_deref();
-        // vfat's volume id is the UUID's 8 hex digits without the dash.
-        let volume_id = uuid.map(|u| u.replace('-', ""));
-        let xfs_uuid = uuid.map(|u| format!("uuid={u}"));
-        let mut args: Vec<&str> = Vec::new();
-        let tool = match fs.fstype.as_str() {
-            "ext4" => {
-                args.extend(["-F", "-q"]);
-                args.extend(label.iter().flat_map(|l| ["-L", *l]));
-                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
-                "mkfs.ext4"
-            }
-            "xfs" => {
-                args.extend(["-f", "-q"]);
-                args.extend(label.iter().flat_map(|l| ["-L", *l]));
-                args.extend(xfs_uuid.iter().flat_map(|u| ["-m", u.as_str()]));
-                "mkfs.xfs"
-            }
-            "vfat" => {
-                args.extend(["-F", "32"]);
-                args.extend(label.iter().flat_map(|l| ["-n", *l]));
-                args.extend(volume_id.iter().flat_map(|v| ["-i", v.as_str()]));
-                "mkfs.vfat"
-            }
-            "btrfs" => {
-                args.extend(["-f", "-q"]);
-                args.extend(label.iter().flat_map(|l| ["-L", *l]));
-                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
-                "mkfs.btrfs"
-            }
-            "swap" => {
-                args.extend(label.iter().flat_map(|l| ["-L", *l]));
-                args.extend(uuid.iter().flat_map(|u| ["-U", *u]));
-                "mkswap"
-            }
-            other => bail!("filesystem on {}: cannot make {other}", fs.device),
-        };
+        // Each maker: its program, the options that overwrite and quiet it, and its
+        // label and UUID options.
+        let (mkfs, force, label_opt, uuid_opt): (&str, &[&str], &str, &str) =
+            match fs.fstype.as_str() {
+                "ext4" => ("mkfs.ext4", &["-F", "-q"], "-L", "-U"),
+                "xfs" => ("mkfs.xfs", &["-f", "-q"], "-L", "-m"),
+                "vfat" => ("mkfs.vfat", &["-F", "32"], "-n", "-i"),
+                "btrfs" => ("mkfs.btrfs", &["-f", "-q"], "-L", "-U"),
+                "swap" => ("mkswap", &[], "-L", "-U"),
+                other => bail!("filesystem on {}: cannot make {other}", fs.device),
+            };
+        // xfs takes `uuid=U`; vfat's volume id is the UUID's 8 hex digits.
+        let uuid = fs.uuid.as_deref().map(|u| match fs.fstype.as_str() {
+            "xfs" => format!("uuid={u}"),
+            "vfat" => u.replace('-', ""),
+            _ => u.to_string(),
+        });
+        let mut args: Vec<&str> = force.to_vec();
+        args.extend(fs.label.iter().flat_map(|l| [label_opt, l.as_str()]));
+        args.extend(uuid.iter().flat_map(|u| [uuid_opt, u.as_str()]));
         args.push(&dev);
-        run(host, tool, &args).with_context(|| format!("making {} on {}", fs.fstype, fs.device))?;
+        tool(host, mkfs, &args)
+            .with_context(|| format!("making {} on {}", fs.fstype, fs.device))?;
         // Probed on the device, not from blkid's cache.
-        let uuid = run(host, "blkid", &["-p", "-o", "value", "-s", "UUID", &dev])
+        let uuid = tool(host, "blkid", &["-p", "-o", "value", "-s", "UUID", &dev])
             .with_context(|| format!("reading the UUID of {dev}"))?
             .trim()
             .to_string();
@@ -408,7 +387,7 @@ impl<'h> Mounts<'h> {
         let shown = at.to_string_lossy().to_string();
         std::fs::create_dir_all(self.host.path(&shown))
             .with_context(|| format!("creating mount point {shown}"))?;
-        run(self.host, "mount", &["-t", &m.fs.fstype, &m.dev, &shown])
+        tool(self.host, "mount", &["-t", &m.fs.fstype, &m.dev, &shown])
             .with_context(|| format!("mounting {} at {shown}", m.dev))?;
         self.points.push(shown);
         Ok(at)
@@ -427,8 +406,8 @@ impl<'h> Mounts<'h> {
             std::fs::create_dir_all(self.host.path(&at))
                 .with_context(|| format!("creating {at}"))?;
             match fstype {
-                Some(t) => run(self.host, "mount", &["-t", t, t, &at]),
-                None => run(self.host, "mount", &["--bind", what, &at]),
+                Some(t) => tool(self.host, "mount", &["-t", t, t, &at]),
+                None => tool(self.host, "mount", &["--bind", what, &at]),
             }
             .with_context(|| format!("mounting {what} at {at}"))?;
             self.points.push(at);
@@ -440,14 +419,14 @@ impl<'h> Mounts<'h> {
     pub fn unmount(&mut self) -> Result<()> {
         let mut first = None;
         while let Some(point) = self.points.pop() {
-            let tried = run(self.host, "umount", &[&point])
+            let tried = tool(self.host, "umount", &[&point])
                 .or_else(|_| {
                     std::thread::sleep(Duration::from_millis(500));
-                    run(self.host, "umount", &[&point])
+                    tool(self.host, "umount", &[&point])
                 })
                 .with_context(|| format!("unmounting {point}"));
             if let Err(e) = tried {
-                let _ = run(self.host, "umount", &["-l", &point]);
+                let _ = tool(self.host, "umount", &["-l", &point]);
                 first.get_or_insert(e);
             }
         }
@@ -471,13 +450,13 @@ impl Drop for Mounts<'_> {
 /// Wipes the new partition tables of the planned disks, so a half-written disk never
 /// boots; what could not be wiped is named.
 pub fn wipe_after_failure(host: &Host, storage: &StorageLayout) -> Result<()> {
-    let _ = run(host, "vgchange", &["-an"]);
-    let _ = run(host, "mdadm", &["--stop", "--scan"]);
+    let _ = tool(host, "vgchange", &["-an"]);
+    let _ = tool(host, "mdadm", &["--stop", "--scan"]);
     let mut failed = Vec::new();
     for disk in &storage.disks {
         let dev = format!("/dev/{}", disk.disk);
-        if run(host, "wipefs", &["-a", &dev]).is_err()
-            || run(host, "sgdisk", &["--zap-all", &dev]).is_err()
+        if tool(host, "wipefs", &["-a", &dev]).is_err()
+            || tool(host, "sgdisk", &["--zap-all", &dev]).is_err()
         {
             failed.push(disk.disk.clone());
         }
@@ -555,6 +534,7 @@ mod tests {
     fn commands(storage: &StorageLayout, disks: &[(&str, u64)]) -> Vec<String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (host, log) = machine(dir.path(), disks);
+        check_disks(&host, storage).expect("the planned disks");
         wipe(&host, storage).expect("wipe");
         partition(&host, storage).expect("partition");
         raid(&host, storage).expect("raid");
@@ -780,7 +760,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (host, log) = machine(dir.path(), &[("vda", 10 * GIB)]);
-        let err = format!("{:#}", wipe(&host, &storage).expect_err("refused"));
+        let err = format!("{:#}", check_disks(&host, &storage).expect_err("refused"));
         assert!(
             err.contains("disk vda: it has 10737418240 bytes, the plan was made for 21474836480"),
             "{err}"
@@ -795,7 +775,7 @@ mod tests {
         let mut other = storage.clone();
         other.disks[0].size_bytes = 10 * GIB;
         other.disks[0].id = Some("0x5000c500a1b2c3d4".into());
-        let err = format!("{:#}", wipe(&host, &other).expect_err("refused"));
+        let err = format!("{:#}", check_disks(&host, &other).expect_err("refused"));
         assert!(
             err.contains("its WWN/serial is none, the plan was made for 0x5000c500a1b2c3d4"),
             "{err}"
