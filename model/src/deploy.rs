@@ -1246,6 +1246,31 @@ pub mod examples {
         }
     }
 
+    /// `disks` of `size_bytes` each, GPT with a 1 MiB BIOS boot partition (`bios-DISK`)
+    /// and a RAID member taking the rest (`raid-DISK`), and the RAID1 array `md0` over
+    /// the members.
+    pub fn mirror(disks: &[&str], size_bytes: u64) -> (Vec<DiskLayout>, MdLayout) {
+        let layouts = disks
+            .iter()
+            .map(|d| DiskLayout {
+                disk: d.to_string(),
+                size_bytes,
+                id: None,
+                table: TableKind::Gpt,
+                partitions: vec![
+                    part(&format!("bios-{d}"), Some(1), PartRole::BiosBoot),
+                    part(&format!("raid-{d}"), None, PartRole::Raid),
+                ],
+            })
+            .collect();
+        let md = MdLayout {
+            name: "md0".into(),
+            level: "raid1".into(),
+            members: disks.iter().map(|d| format!("raid-{d}")).collect(),
+        };
+        (layouts, md)
+    }
+
     /// BIOS, GPT on a 20 GiB `vda`, a /boot partition and the root on LVM (`sys/root`,
     /// xfs), swap on LVM; `ens3` with a static address.
     pub fn plan() -> DeployPlan {

@@ -14,9 +14,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Version of the disk recipe (part of the cached file's name).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Packages installed by debootstrap.
-pub const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,iproute2,ifupdown,vlan,mdadm,lvm2,xfsprogs,nginx-light,procps";
+pub const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,iproute2,ifupdown,vlan,mdadm,lvm2,xfsprogs,nginx-light,procps,\
+     grub2-common,grub-pc-bin,grub-efi-amd64-bin,dosfstools";
 /// The root filesystem's UUID.
 pub const ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f50";
 /// MACs of the guest's NICs.
@@ -44,6 +45,28 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 fn sh(script: &str) -> Result<String> {
     run(Command::new("sh").args(["-euc", script]))
+}
+
+/// Holds the cache's build lock: one process or test at a time builds a disk, the
+/// others then find it built.
+fn build_lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = cache();
+    std::fs::create_dir_all(&dir)?;
+    let file = std::fs::File::create(dir.join("build.lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", dir.join("build.lock").display()))
+}
+
+/// The cached disk `name`, and the build lock when it is still to be built (held
+/// while it is built).
+fn built_or_lock(name: &str) -> Result<(PathBuf, Option<nix::fcntl::Flock<std::fs::File>>)> {
+    let disk = cache().join(name);
+    if disk.is_file() {
+        return Ok((disk, None));
+    }
+    let lock = build_lock()?;
+    let lock = (!disk.is_file()).then_some(lock);
+    Ok((disk, lock))
 }
 
 /// Files written into the image (path, mode, text).
@@ -136,10 +159,10 @@ pub fn root_tree() -> Result<PathBuf> {
 /// The cached source disk (raw, 3 GiB sparse), built when missing.
 pub fn source_disk() -> Result<PathBuf> {
     let dir = cache();
-    let disk = dir.join(format!("debian-src-v{VERSION}.raw"));
-    if disk.is_file() {
+    let (disk, lock) = built_or_lock(&format!("debian-src-v{VERSION}.raw"))?;
+    let Some(_lock) = lock else {
         return Ok(disk);
-    }
+    };
     let root = root_tree()?;
     install(
         &root,
@@ -309,10 +332,10 @@ sleep 60
 /// volume, copies the root into it and regenerates the initramfs in a chroot.
 pub async fn lvm_root_disk() -> Result<PathBuf> {
     let dir = cache();
-    let disk = dir.join(format!("debian-lvmroot-v{LVM_VERSION}.raw"));
-    if disk.is_file() {
+    let (disk, lock) = built_or_lock(&format!("debian-lvmroot-v{LVM_VERSION}.raw"))?;
+    let Some(_lock) = lock else {
         return Ok(disk);
-    }
+    };
     let root = root_tree()?;
     let version = kernel_version(&root)?;
     let work = dir.join(format!("debian-lvmroot-v{LVM_VERSION}.build"));
@@ -441,4 +464,170 @@ pub fn agent_cd(dest: &Path, agent: &Path, config: &Path) -> Result<()> {
         .arg(&dir))
     .context("making the agent CD (Debian: xorriso)")?;
     Ok(())
+}
+
+/// Version of the web server disk recipe (part of the cached file's name).
+pub const WEB_VERSION: u32 = 3;
+/// The web server's root filesystem UUID.
+pub const WEB_ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f60";
+/// The web server's `/var` (xfs) UUID.
+pub const WEB_VAR_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f61";
+/// The web server's ESP volume id (as vfat "UUID").
+pub const WEB_ESP_UUID: &str = "0000-FE11";
+/// The web server's NIC.
+pub const WEB_MAC: &str = "52:54:00:f0:00:11";
+macro_rules! web_marker {
+    () => {
+        "FERRY-MARKER web server 7c1e"
+    };
+}
+/// The page nginx serves from `/var/www/html` on the web server.
+pub const WEB_MARKER: &str = web_marker!();
+
+/// What the web server's system adds to the debootstrapped root.
+const WEB_FILES: &[(&str, u32, &str)] = &[
+    ("/etc/hostname", 0o644, "ferry-web\n"),
+    (
+        "/etc/hosts",
+        0o644,
+        "127.0.0.1 localhost\n127.0.1.1 ferry-web\n",
+    ),
+    (
+        "/etc/network/interfaces",
+        0o644,
+        "auto lo\niface lo inet loopback\n\n\
+         auto eth0\niface eth0 inet static\n    address 10.0.2.15/24\n    gateway 10.0.2.2\n",
+    ),
+    (
+        "/etc/default/grub",
+        0o644,
+        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR=Debian\nGRUB_CMDLINE_LINUX_DEFAULT=\"\"\n\
+         GRUB_CMDLINE_LINUX=\"console=ttyS0,115200 net.ifnames=0 panic=30\"\n\
+         GRUB_TERMINAL=serial\nGRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"\n\
+         GRUB_DISABLE_OS_PROBER=true\n",
+    ),
+    (
+        "/var/www/html/index.html",
+        0o644,
+        concat!(web_marker!(), "\n"),
+    ),
+    (
+        "/usr/local/sbin/ferry-report",
+        0o755,
+        "#!/bin/sh\n# Tells the console how this system came up: firmware, mounts, links, addresses.\n\
+         fw=bios; [ -d /sys/firmware/efi ] && fw=uefi\n\
+         {\n\
+         for m in / /var; do echo \"FERRY-MOUNT $m $(findmnt -n -o FSTYPE,SOURCE $m)\"; done\n\
+         df -B1M --output=target,size / /var | tail -n +2 | sed 's/^/FERRY-DF /'\n\
+         ip -o link show | sed 's/^/FERRY-LINK /'\n\
+         ip -o -4 addr show | sed 's/^/FERRY-ADDR /'\n\
+         grep -h '^md' /proc/mdstat | sed 's/^/FERRY-MD /'\n\
+         echo \"FERRY-BOOTED $(hostname) $fw\"\n\
+         } > /dev/ttyS0\n",
+    ),
+    (
+        "/etc/systemd/system/ferry-report.service",
+        0o644,
+        "[Unit]\nDescription=Boot report on the console\nAfter=network-online.target nginx.service\nWants=network-online.target\n\n\
+         [Service]\nType=oneshot\nExecStart=/usr/local/sbin/ferry-report\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    ),
+];
+
+/// The cached web server disk (raw, 3 GiB sparse), built when missing: a Debian 12
+/// that boots by BIOS and by UEFI (GPT with a BIOS boot partition, an ESP holding
+/// `EFI/BOOT/BOOTX64.EFI`, an ext4 root and an xfs `/var`), with GRUB's BIOS and UEFI
+/// packages installed, static addressing on its one NIC, nginx serving
+/// [`WEB_MARKER`] from `/var`, a boot report on the console (`FERRY-BOOTED`) and the
+/// agent from a CD. The boot loaders on the disk are the host's GRUB (a deploy
+/// installs the system's own).
+pub fn web_source_disk() -> Result<PathBuf> {
+    let dir = cache();
+    let (disk, lock) = built_or_lock(&format!("debian-web-v{VERSION}.{WEB_VERSION}.raw"))?;
+    let Some(_lock) = lock else {
+        return Ok(disk);
+    };
+    let root = root_tree()?;
+    let version = kernel_version(&root)?;
+    let work = dir.join(format!("debian-web-v{VERSION}.{WEB_VERSION}.build"));
+    let _ = std::fs::remove_dir_all(&work);
+    let (tmp, mnt, efi) = (work.join("disk.raw"), work.join("mnt"), work.join("efi"));
+    std::fs::create_dir_all(&mnt)?;
+    std::fs::create_dir_all(&efi)?;
+    let grub_cfg = grub_cfg(
+        WEB_ROOT_UUID,
+        "/boot",
+        &version,
+        &format!("UUID={WEB_ROOT_UUID}"),
+    );
+    std::fs::write(work.join("grub.cfg"), &grub_cfg)?;
+    std::fs::write(
+        work.join("stub.cfg"),
+        format!(
+            "insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {WEB_ROOT_UUID}\nconfigfile /boot/grub/grub.cfg\n"
+        ),
+    )?;
+    // The system's files go in after the root (the root tree is shared by every recipe).
+    let staged = work.join("files");
+    install(&staged, &agent_files(), &["ferry-agent.service"])?;
+    install(&staged, WEB_FILES, &["ferry-report.service"])?;
+    std::fs::write(
+        staged.join("etc/fstab"),
+        format!(
+            "UUID={WEB_ROOT_UUID} / ext4 errors=remount-ro 0 1\n\
+             UUID={WEB_VAR_UUID} /var xfs defaults 0 2\n\
+             UUID={WEB_ESP_UUID} /boot/efi vfat umask=0077 0 0\n"
+        ),
+    )?;
+    let script = format!(
+        r#"truncate -s 3G '{tmp}'
+sgdisk -Z -n1:0:+1M -t1:EF02 -c1:bios -n2:0:+100M -t2:EF00 -c2:esp -n3:0:+2G -t3:8300 -c3:root -n4:0:0 -t4:8300 -c4:var '{tmp}' >/dev/null
+L=$(losetup -f --show '{tmp}')
+trap 'umount "{mnt}/var" 2>/dev/null || true; umount "{mnt}" 2>/dev/null || true; partx -d $L 2>/dev/null || true; losetup -d $L' EXIT
+partx -a $L
+mkfs.vfat -F 32 -n ESP -i {esp} ${{L}}p2 >/dev/null
+mkfs.ext4 -q -L root -U {root_uuid} ${{L}}p3
+mkfs.xfs -q -f -L var -m uuid={var_uuid} ${{L}}p4
+mount ${{L}}p3 '{mnt}'
+mkdir '{mnt}/var'
+mount ${{L}}p4 '{mnt}/var'
+cp -a '{root}/.' '{mnt}/'
+cp -a '{staged}/.' '{mnt}/'
+# A minimal server, as cloud images trim theirs: no package caches, documentation or
+# translations, no drivers for sound, graphics, media, radios, InfiniBand or sensors.
+rm -rf '{mnt}'/var/cache/apt/* '{mnt}'/var/lib/apt/lists/* '{mnt}'/usr/share/doc/* '{mnt}'/usr/share/locale/* '{mnt}'/usr/share/man/*
+K='{mnt}/usr/lib/modules/{version}/kernel'
+rm -rf $K/sound $K/drivers/gpu $K/drivers/media $K/drivers/net/wireless $K/drivers/infiniband $K/drivers/iio $K/drivers/staging $K/drivers/bluetooth $K/net/bluetooth $K/net/wireless $K/net/mac80211
+depmod -b '{mnt}' {version}
+mkdir -p '{mnt}/boot/grub' '{mnt}/boot/efi'
+grub-install --target=i386-pc --boot-directory='{mnt}/boot' --modules='part_gpt ext2' $L 2>/dev/null
+cp '{work}/grub.cfg' '{mnt}/boot/grub/grub.cfg'
+grub-mkstandalone -O x86_64-efi -o '{efi}/BOOTX64.EFI' 'boot/grub/grub.cfg={work}/stub.cfg'
+export MTOOLS_SKIP_CHECK=1
+mmd -i ${{L}}p2 ::/EFI ::/EFI/BOOT
+mcopy -i ${{L}}p2 '{efi}/BOOTX64.EFI' ::/EFI/BOOT/BOOTX64.EFI
+"#,
+        tmp = tmp.display(),
+        mnt = mnt.display(),
+        efi = efi.display(),
+        work = work.display(),
+        root = root.display(),
+        staged = staged.display(),
+        esp = WEB_ESP_UUID.replace('-', ""),
+        root_uuid = WEB_ROOT_UUID,
+        var_uuid = WEB_VAR_UUID,
+    );
+    sh(&script).context("building the web server disk")?;
+    std::fs::rename(&tmp, &disk)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(disk)
+}
+
+/// The source systems' files that start the agent from its CD, with the DNS config.
+fn agent_files() -> Vec<(&'static str, u32, &'static str)> {
+    FILES
+        .iter()
+        .filter(|(p, _, _)| p.contains("ferry-agent") || *p == "/etc/resolv.conf")
+        .copied()
+        .collect()
 }

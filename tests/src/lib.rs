@@ -8,3 +8,4 @@ pub mod procs;
 pub mod servers;
 pub mod util;
 pub mod vm;
+pub mod webmove;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ferry_image::{CaptureRequest, FsSource};
-use ferry_model::deploy::examples::{fs, part};
-use ferry_model::deploy::{DeployPlan, MdLayout, PartRole, TableKind};
+use ferry_model::deploy::DeployPlan;
+use ferry_model::deploy::examples::fs;
 use ferry_model::survey::{Filesystem, Survey};
 use ferry_tests::vm::{MAC, Manager, Qemu, machine_args, qcow2, ramdisk, ramdisk_boot, user_nic};
 
@@ -89,24 +89,9 @@ fn mirrored_plan() -> DeployPlan {
     p.image = "broken".into();
     p.hostname = "deployed".into();
     p.network.interfaces[0].kind = ferry_model::deploy::IfaceKind::Ethernet { mac: MAC.into() };
-    p.storage.disks = ["vda", "vdb"]
-        .iter()
-        .map(|d| ferry_model::deploy::DiskLayout {
-            disk: d.to_string(),
-            size_bytes: GIB,
-            id: None,
-            table: TableKind::Gpt,
-            partitions: vec![
-                part(&format!("bios-{d}"), Some(1), PartRole::BiosBoot),
-                part(&format!("raid-{d}"), None, PartRole::Raid),
-            ],
-        })
-        .collect();
-    p.storage.md = vec![MdLayout {
-        name: "md0".into(),
-        level: "raid1".into(),
-        members: vec!["raid-vda".into(), "raid-vdb".into()],
-    }];
+    let (disks, md) = ferry_model::deploy::examples::mirror(&["vda", "vdb"], GIB);
+    p.storage.disks = disks;
+    p.storage.md = vec![md];
     p.storage.vgs[0].pvs = vec!["md0".into()];
     p.storage.vgs[0].lvs.retain(|l| l.name == "root");
     p.storage.filesystems = vec![fs("sys/root", "ext4", Some("/"), Some("/"))];

@@ -87,8 +87,13 @@ pub fn run(args: &[&str]) -> Result<()> {
                 &[],
             )
         }
+        ["deploy"] => {
+            deps::ensure()?;
+            crate::ramdisk::run(&["--level", "3"])?;
+            bench_bin("bench-deploy")
+        }
         _ => bail!(
-            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image"
+            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy"
         ),
     }
 }

@@ -21,6 +21,7 @@ tasks:
   bench ramdisk   ramdisk size and seconds to first heartbeat on every boot path
   bench survey    survey time in a ramdisk VM (TCG) and here, next to lshw
   bench image     image capture/re-capture/restore next to restic and tar|zstd
+  bench deploy    seconds per deploy step: BIOS web server onto a UEFI target (TCG)
 ";
 
 fn main() {

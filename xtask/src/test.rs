@@ -29,6 +29,8 @@ pub fn vm(extra: &[&str]) -> Result<()> {
             "vm_lvm_root",
             "--test",
             "vm_deploy",
+            "--test",
+            "vm_migrate",
         ],
         extra,
     )

@@ -1,0 +1,173 @@
+//! Complete deploys that boot: the web server (a debootstrapped Debian 12 with an
+//! ext4 root, an xfs `/var` holding nginx's page, static addressing) is captured live
+//! through its agent, then deployed onto a PXE-booted target with other firmware,
+//! other disks and another MAC. The target reboots from its own disk into the migrated
+//! system, which reports how it came up on the console and serves the source's page
+//! on its new NIC.
+//! - BIOS source → UEFI target with a larger disk (the default plan);
+//! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from
+//!   the default one), where the source had one plain disk.
+
+use anyhow::Result;
+use ferry_model::deploy::examples::{fs, mirror};
+use ferry_model::deploy::{DeployPlan, LvLayout, VgLayout};
+use ferry_model::survey::BootMode;
+use ferry_tests::debian::WEB_MARKER;
+use ferry_tests::vm::{Manager, ramdisk};
+use ferry_tests::webmove::{Deployed, Firmware, Target, capture_source, deploy_target};
+
+const GIB: u64 = 1 << 30;
+
+/// What every migrated web server must show: booted by `firmware` under the source's
+/// name, the static address on the target's NIC `mac`, nginx's page from `/var`.
+fn check_common(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
+    let tail = || d.vm.tail();
+    assert_eq!(
+        d.report("FERRY-BOOTED"),
+        vec![format!("ferry-web {}", firmware.name())],
+        "{}",
+        tail()
+    );
+    let (nic, nic_mac) = d
+        .nic_with("10.0.2.15/24")
+        .unwrap_or_else(|| panic!("no NIC holds 10.0.2.15/24:\n{}", tail()));
+    assert_eq!(
+        (nic.as_str(), nic_mac.as_str()),
+        ("eth0", mac),
+        "{}",
+        tail()
+    );
+    let page = d.http_get()?;
+    assert_eq!(page.trim(), WEB_MARKER);
+    let steps: Vec<&str> = d.steps.iter().map(|s| s.step.as_str()).collect();
+    for step in ["wipe", "partition", "filesystems", "restore", "configure"] {
+        assert!(steps.contains(&step), "{step} not in {steps:?}");
+    }
+    eprintln!(
+        "deployed in {:.0} s, booted {:.0} s after `ferry deploy` started; steps: {}",
+        d.steps.iter().map(|s| s.millis).sum::<u64>() as f64 / 1000.0,
+        d.to_booted,
+        d.steps
+            .iter()
+            .map(|s| format!("{} {:.1} s", s.step, s.millis as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// The size in MiB the report gives the filesystem at `mount`.
+fn size_mib(d: &Deployed, mount: &str) -> u64 {
+    d.report("FERRY-DF")
+        .iter()
+        .find_map(|l| {
+            let (m, size) = l.split_once(' ')?;
+            (m == mount).then(|| size.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page() -> Result<()> {
+    if ramdisk().is_none() {
+        return Ok(());
+    }
+    let work = tempfile::tempdir()?;
+    let m = Manager::start(work.path(), None)?;
+    let (_, capture) = capture_source(&m, work.path(), Firmware::Bios, "web-bios").await?;
+    eprintln!("captured: {capture}");
+    let target = Target {
+        firmware: Firmware::Uefi,
+        disks: vec!["5G"],
+        mac: "52:54:00:f0:00:21",
+    };
+    let d = deploy_target(&m, work.path(), &target, "web-bios", |p| {
+        assert_eq!(p.boot.mode, BootMode::Uefi);
+        p
+    })
+    .await?;
+    check_common(&d, Firmware::Uefi, target.mac)?;
+    let mounts = d.report("FERRY-MOUNT");
+    assert!(
+        mounts.iter().any(|l| l.starts_with("/ ext4 /dev/vda")),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.iter().any(|l| l.starts_with("/var xfs /dev/vda")),
+        "{mounts:?}"
+    );
+    // The root took the larger disk's room (the source's was 2 GiB).
+    assert!(size_mib(&d, "/") > 3000, "{:?}", d.report("FERRY-DF"));
+    Ok(())
+}
+
+/// RAID1 over `vda` and `vdb` (a BIOS boot partition on each), LVM on the array, the
+/// root (ext4) and `/var` (xfs) as volumes; the rest of `default` kept.
+fn mirrored(mut p: DeployPlan) -> DeployPlan {
+    assert_eq!(p.boot.mode, BootMode::Bios);
+    let uuid = |mount: &str| {
+        p.storage
+            .filesystems
+            .iter()
+            .find(|f| f.mount.as_deref() == Some(mount))
+            .and_then(|f| f.uuid.clone())
+    };
+    let (root_uuid, var_uuid) = (uuid("/"), uuid("/var"));
+    let (disks, md) = mirror(&["vda", "vdb"], 3 * GIB);
+    p.storage.disks = disks;
+    p.storage.md = vec![md];
+    p.storage.vgs = vec![VgLayout {
+        name: "vg0".into(),
+        pvs: vec!["md0".into()],
+        lvs: vec![
+            LvLayout {
+                name: "var".into(),
+                size_bytes: Some(GIB),
+            },
+            LvLayout {
+                name: "root".into(),
+                size_bytes: None,
+            },
+        ],
+    }];
+    let mut root = fs("vg0/root", "ext4", Some("/"), Some("/"));
+    root.uuid = root_uuid;
+    let mut var = fs("vg0/var", "xfs", Some("/var"), Some("/var"));
+    var.uuid = var_uuid;
+    p.storage.filesystems = vec![root, var];
+    p.boot.disks = vec!["vda".into(), "vdb".into()];
+    p
+}
+
+#[tokio::test]
+async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Result<()> {
+    if ramdisk().is_none() {
+        return Ok(());
+    }
+    let work = tempfile::tempdir()?;
+    let m = Manager::start(work.path(), None)?;
+    capture_source(&m, work.path(), Firmware::Uefi, "web-uefi").await?;
+    let target = Target {
+        firmware: Firmware::Bios,
+        disks: vec!["3G", "3G"],
+        mac: "52:54:00:f0:00:22",
+    };
+    let d = deploy_target(&m, work.path(), &target, "web-uefi", mirrored).await?;
+    check_common(&d, Firmware::Bios, target.mac)?;
+    let mounts = d.report("FERRY-MOUNT");
+    assert!(
+        mounts.contains(&"/ ext4 /dev/mapper/vg0-root".to_string()),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.contains(&"/var xfs /dev/mapper/vg0-var".to_string()),
+        "{mounts:?}"
+    );
+    let md = d.report("FERRY-MD");
+    assert!(
+        md.iter()
+            .any(|l| l.contains("active raid1") && l.contains("vda2") && l.contains("vdb2")),
+        "{md:?}"
+    );
+    Ok(())
+}
