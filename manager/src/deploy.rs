@@ -154,3 +154,22 @@ pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -
         other => Err(failure(&id, other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_model::deploy::DeployPlan;
+    use ferry_model::deploy::examples::{mirror, plan};
+
+    /// What `--plan-only` prints, `--plan` reads back unchanged (the suites edit it).
+    #[test]
+    fn a_printed_plan_reads_back() {
+        let mut p = plan();
+        let (disks, md) = mirror(&["vda", "vdb"], 1 << 30);
+        p.storage.disks = disks;
+        p.storage.md = vec![md];
+        p.capture = Some("01a21da3".into());
+        let text = serde_saphyr::to_string(&p).expect("printed");
+        let back: DeployPlan = serde_saphyr::from_str(&text).expect("read back");
+        assert_eq!(back, p, "{text}");
+    }
+}

@@ -47,30 +47,90 @@ fn sh(script: &str) -> Result<String> {
     run(Command::new("sh").args(["-euc", script]))
 }
 
-/// Holds the cache's build lock: one process or test at a time builds a disk, the
-/// others then find it built.
-fn build_lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
-    let dir = cache();
-    std::fs::create_dir_all(&dir)?;
-    let file = std::fs::File::create(dir.join("build.lock"))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", dir.join("build.lock").display()))
+/// A disk being built: the cache's build lock (one process or test at a time builds a
+/// disk; the others then find it built) and an emptied work folder holding the disk
+/// (`disk.raw`) and its mount point (`mnt/`) until [`Build::finish`].
+struct Build {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    work: PathBuf,
+    /// The root tree's build the disk is made from (see [`root_tree_build`]).
+    root: String,
 }
 
-/// The cached disk `name`, and the build lock when it is still to be built (held
-/// while it is built).
-fn built_or_lock(name: &str) -> Result<(PathBuf, Option<nix::fcntl::Flock<std::fs::File>>)> {
-    let disk = cache().join(name);
-    if disk.is_file() {
+impl Build {
+    fn tmp(&self) -> PathBuf {
+        self.work.join("disk.raw")
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.work.join("mnt")
+    }
+
+    /// Moves the built disk to `disk` and removes the work folder.
+    fn finish(self, disk: &Path) -> Result<()> {
+        std::fs::rename(self.tmp(), disk)?;
+        std::fs::write(disk.with_extension("root"), &self.root)?;
+        let _ = std::fs::remove_dir_all(&self.work);
+        Ok(())
+    }
+}
+
+/// The cached disk `STEM.raw`, and its [`Build`] (work folder `STEM.build`) when it is
+/// still to be built: when it is missing or was made from another build of the root
+/// tree (recorded in `STEM.root`), since the suites compare restored files with that
+/// tree.
+fn cached(stem: &str) -> Result<(PathBuf, Option<Build>)> {
+    let dir = cache();
+    let disk = dir.join(format!("{stem}.raw"));
+    let made_from = || std::fs::read_to_string(disk.with_extension("root")).ok();
+    let current = |root: &Option<String>| disk.is_file() && root.is_some() && made_from() == *root;
+    if current(&root_tree_build()) {
         return Ok((disk, None));
     }
-    let lock = build_lock()?;
-    let lock = (!disk.is_file()).then_some(lock);
-    Ok((disk, lock))
+    std::fs::create_dir_all(&dir)?;
+    let lock_file = dir.join("build.lock");
+    let lock = nix::fcntl::Flock::lock(
+        std::fs::File::create(&lock_file)?,
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_file.display()))?;
+    root_tree()?;
+    let root = root_tree_build();
+    if current(&root) {
+        return Ok((disk, None));
+    }
+    let root = root.context("the root tree's build stamp is missing")?;
+    let _ = std::fs::remove_file(&disk);
+    let work = dir.join(format!("{stem}.build"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("mnt"))?;
+    Ok((
+        disk,
+        Some(Build {
+            _lock: lock,
+            work,
+            root,
+        }),
+    ))
 }
 
-/// Files written into the image (path, mode, text).
-const FILES: &[(&str, u32, &str)] = &[
+/// Writes each set of files (with the systemd units to enable) and `fstab` into the
+/// folder `work/files`, to be copied over a root once it is on its disk (the
+/// debootstrapped root tree is shared by every recipe and stays as debootstrap left it).
+fn stage(work: &Path, sets: &[(&[ImageFile], &[&str])], fstab: &str) -> Result<PathBuf> {
+    let staged = work.join("files");
+    for (files, units) in sets {
+        install(&staged, files, units)?;
+    }
+    std::fs::write(staged.join("etc/fstab"), fstab)?;
+    Ok(staged)
+}
+
+/// A file written into an image: path, mode, text.
+type ImageFile = (&'static str, u32, &'static str);
+
+/// Files written into the image.
+const FILES: &[ImageFile] = &[
     ("/etc/hostname", 0o644, "ferry-src\n"),
     (
         "/etc/hosts",
@@ -140,8 +200,10 @@ const FILES: &[(&str, u32, &str)] = &[
 pub fn root_tree() -> Result<PathBuf> {
     let dir = cache();
     std::fs::create_dir_all(dir.join("debcache"))?;
-    let root = dir.join(format!("debian-root-v{VERSION}"));
+    let root = root_tree_path();
+    let stamp = root.with_extension("build");
     if !root.join("etc/debian_version").is_file() {
+        let _ = std::fs::remove_file(&stamp);
         let _ = std::fs::remove_dir_all(&root);
         run(Command::new("debootstrap").args([
             "--variant=minbase",
@@ -153,31 +215,37 @@ pub fn root_tree() -> Result<PathBuf> {
         ]))
         .context("debootstrap (Debian: debootstrap; needs deb.debian.org)")?;
     }
+    if !stamp.is_file() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        std::fs::write(&stamp, now.as_nanos().to_string())?;
+    }
     Ok(root)
+}
+
+fn root_tree_path() -> PathBuf {
+    cache().join(format!("debian-root-v{VERSION}"))
+}
+
+/// Which build of the root tree is on this machine: a stamp written beside the tree
+/// when it is made (`None` while there is none).
+fn root_tree_build() -> Option<String> {
+    std::fs::read_to_string(root_tree_path().with_extension("build")).ok()
 }
 
 /// The cached source disk (raw, 3 GiB sparse), built when missing.
 pub fn source_disk() -> Result<PathBuf> {
-    let dir = cache();
-    let (disk, lock) = built_or_lock(&format!("debian-src-v{VERSION}.raw"))?;
-    let Some(_lock) = lock else {
+    let (disk, build) = cached(&format!("debian-src-v{VERSION}"))?;
+    let Some(build) = build else {
         return Ok(disk);
     };
     let root = root_tree()?;
-    install(
-        &root,
-        FILES,
-        &["ferry-storage.service", "ferry-agent.service"],
-    )?;
-    std::fs::write(
-        root.join("etc/fstab"),
-        format!("UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"),
+    let staged = stage(
+        &build.work,
+        &[(FILES, &["ferry-storage.service", "ferry-agent.service"])],
+        &format!("UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n"),
     )?;
     let version = kernel_version(&root)?;
-    let tmp = dir.join(format!("debian-src-v{VERSION}.raw.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mnt = dir.join(format!("debian-mnt-v{VERSION}"));
-    std::fs::create_dir_all(&mnt)?;
+    let (tmp, mnt) = (build.tmp(), build.mnt());
     let grub_cfg = grub_cfg(ROOT_UUID, "/boot", &version, &format!("UUID={ROOT_UUID}"));
     let script = format!(
         "truncate -s 3G '{tmp}'\n\
@@ -188,15 +256,17 @@ pub fn source_disk() -> Result<PathBuf> {
          mkfs.ext4 -q -L root -U {ROOT_UUID} ${{L}}p2\n\
          mount ${{L}}p2 '{mnt}'\n\
          cp -a '{root}/.' '{mnt}/'\n\
+         cp -a '{staged}/.' '{mnt}/'\n\
          mkdir -p '{mnt}/boot/grub'\n\
          grub-install --target=i386-pc --boot-directory='{mnt}/boot' --modules='part_gpt ext2' $L 2>/dev/null\n\
          cat > '{mnt}/boot/grub/grub.cfg' <<'EOF'\n{grub_cfg}EOF\n",
         tmp = tmp.display(),
         mnt = mnt.display(),
         root = root.display(),
+        staged = staged.display(),
     );
     sh(&script).context("building the Debian source disk")?;
-    std::fs::rename(&tmp, &disk)?;
+    build.finish(&disk)?;
     Ok(disk)
 }
 
@@ -251,7 +321,7 @@ pub const LVM_ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f52";
 pub const LVM_ROOT_SIZE: &str = "2G";
 
 /// What the root-on-LVM system adds to the source system's files.
-const LVM_FILES: &[(&str, u32, &str)] = &[
+const LVM_FILES: &[ImageFile] = &[
     (
         "/usr/local/sbin/ferry-ticker",
         0o755,
@@ -331,21 +401,14 @@ sleep 60
 /// boots a scratch copy of the root with a build script as init, which makes the
 /// volume, copies the root into it and regenerates the initramfs in a chroot.
 pub async fn lvm_root_disk() -> Result<PathBuf> {
-    let dir = cache();
-    let (disk, lock) = built_or_lock(&format!("debian-lvmroot-v{LVM_VERSION}.raw"))?;
-    let Some(_lock) = lock else {
+    let (disk, build) = cached(&format!("debian-lvmroot-v{LVM_VERSION}"))?;
+    let Some(build) = build else {
         return Ok(disk);
     };
     let root = root_tree()?;
     let version = kernel_version(&root)?;
-    let work = dir.join(format!("debian-lvmroot-v{LVM_VERSION}.build"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("mnt"))?;
-    let (seed, tmp, mnt) = (
-        work.join("seed.raw"),
-        work.join("disk.raw"),
-        work.join("mnt"),
-    );
+    let work = build.work.clone();
+    let (seed, tmp, mnt) = (work.join("seed.raw"), build.tmp(), build.mnt());
 
     // The seed: a copy of the root with the test's files, a plain ext4 on a whole disk.
     let lvm_files: Vec<(&str, u32, String)> = LVM_FILES
@@ -430,8 +493,7 @@ cat > '{mnt_q}/grub/grub.cfg' <<'EOF'
         .await
         .context("building root on LVM in a VM")?;
     vm.wait_exit(std::time::Duration::from_secs(60)).await?;
-    std::fs::rename(&tmp, &disk)?;
-    let _ = std::fs::remove_dir_all(&work);
+    build.finish(&disk)?;
     Ok(disk)
 }
 
@@ -485,7 +547,7 @@ macro_rules! web_marker {
 pub const WEB_MARKER: &str = web_marker!();
 
 /// What the web server's system adds to the debootstrapped root.
-const WEB_FILES: &[(&str, u32, &str)] = &[
+const WEB_FILES: &[ImageFile] = &[
     ("/etc/hostname", 0o644, "ferry-web\n"),
     (
         "/etc/hosts",
@@ -542,17 +604,14 @@ const WEB_FILES: &[(&str, u32, &str)] = &[
 /// agent from a CD. The boot loaders on the disk are the host's GRUB (a deploy
 /// installs the system's own).
 pub fn web_source_disk() -> Result<PathBuf> {
-    let dir = cache();
-    let (disk, lock) = built_or_lock(&format!("debian-web-v{VERSION}.{WEB_VERSION}.raw"))?;
-    let Some(_lock) = lock else {
+    let (disk, build) = cached(&format!("debian-web-v{VERSION}.{WEB_VERSION}"))?;
+    let Some(build) = build else {
         return Ok(disk);
     };
     let root = root_tree()?;
     let version = kernel_version(&root)?;
-    let work = dir.join(format!("debian-web-v{VERSION}.{WEB_VERSION}.build"));
-    let _ = std::fs::remove_dir_all(&work);
-    let (tmp, mnt, efi) = (work.join("disk.raw"), work.join("mnt"), work.join("efi"));
-    std::fs::create_dir_all(&mnt)?;
+    let work = &build.work;
+    let (tmp, mnt, efi) = (build.tmp(), build.mnt(), work.join("efi"));
     std::fs::create_dir_all(&efi)?;
     let grub_cfg = grub_cfg(
         WEB_ROOT_UUID,
@@ -567,13 +626,13 @@ pub fn web_source_disk() -> Result<PathBuf> {
             "insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {WEB_ROOT_UUID}\nconfigfile /boot/grub/grub.cfg\n"
         ),
     )?;
-    // The system's files go in after the root (the root tree is shared by every recipe).
-    let staged = work.join("files");
-    install(&staged, &agent_files(), &["ferry-agent.service"])?;
-    install(&staged, WEB_FILES, &["ferry-report.service"])?;
-    std::fs::write(
-        staged.join("etc/fstab"),
-        format!(
+    let staged = stage(
+        work,
+        &[
+            (&agent_files(), &["ferry-agent.service"]),
+            (WEB_FILES, &["ferry-report.service"]),
+        ],
+        &format!(
             "UUID={WEB_ROOT_UUID} / ext4 errors=remount-ro 0 1\n\
              UUID={WEB_VAR_UUID} /var xfs defaults 0 2\n\
              UUID={WEB_ESP_UUID} /boot/efi vfat umask=0077 0 0\n"
@@ -618,13 +677,12 @@ mcopy -i ${{L}}p2 '{efi}/BOOTX64.EFI' ::/EFI/BOOT/BOOTX64.EFI
         var_uuid = WEB_VAR_UUID,
     );
     sh(&script).context("building the web server disk")?;
-    std::fs::rename(&tmp, &disk)?;
-    let _ = std::fs::remove_dir_all(&work);
+    build.finish(&disk)?;
     Ok(disk)
 }
 
 /// The source systems' files that start the agent from its CD, with the DNS config.
-fn agent_files() -> Vec<(&'static str, u32, &'static str)> {
+fn agent_files() -> Vec<ImageFile> {
     FILES
         .iter()
         .filter(|(p, _, _)| p.contains("ferry-agent") || *p == "/etc/resolv.conf")

@@ -15,6 +15,10 @@ use crate::util::free_port;
 
 /// The OVMF build that boots both from CD and by iPXE's EFI driver.
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// OVMF's code, for a VM whose variables persist (with a copy of [`OVMF_VARS`]).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's blank variable store.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The MAC address tests give the guest's NIC.
 pub const MAC: &str = "52:54:00:12:34:56";
 

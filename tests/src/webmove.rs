@@ -6,19 +6,16 @@
 //! reports on the console how it came up, and nginx is asked for its page over a port
 //! QEMU forwards to the guest's 10.0.2.15.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use ferry_model::deploy::{DeployPlan, StepTime};
-use ferry_model::survey::Survey;
 use serde_json::Value;
 
 use crate::debian::{WEB_MAC, web_source_disk};
 use crate::util::free_port;
-use crate::vm::{Manager, Qemu, machine_args, qcow2};
+use crate::vm::{Manager, OVMF_CODE, OVMF_VARS, Qemu, machine_args, qcow2};
 
 /// The firmware a VM boots with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +56,7 @@ impl Firmware {
     }
 }
 
-/// OVMF's code, for a VM whose variables persist.
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-/// OVMF's blank variable store.
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-/// Boots the web server on `firmware` from a copy-on-write layer over the cached disk,
+/// Boots the web server on `firmware` from the cached disk (its writes thrown away),
 /// captures every filesystem into image `image` through its agent, and switches it off.
 /// Returns the agent's id and `ferry capture --json`'s answer.
 pub async fn capture_source(
@@ -76,27 +68,15 @@ pub async fn capture_source(
     let disk = web_source_disk()?;
     let dir = work.join(format!("source-{image}"));
     std::fs::create_dir_all(&dir)?;
-    let layer = dir.join("disk.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&disk)
-        .arg(&layer)
-        .output()
-        .context("running qemu-img (Debian: qemu-utils)")?;
-    ensure!(
-        out.status.success(),
-        "qemu-img: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let cd = m.agent_cd(&dir)?;
     let console = dir.join("console.log");
     let mut args = machine_args(1, &console);
     args.extend(firmware.args(&dir)?);
     args.extend([
         "-drive".into(),
-        format!("file={},if=virtio,format=qcow2", layer.display()),
-        "-drive".into(),
-        format!("file={},media=cdrom,readonly=on", cd.display()),
+        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
+        "-cdrom".into(),
+        cd.to_string_lossy().into(),
         "-netdev".into(),
         "user,id=n0".into(),
         "-device".into(),
@@ -146,16 +126,12 @@ pub struct Target {
 pub struct Deployed {
     /// The VM (ended when dropped).
     pub vm: Qemu,
-    /// `ferry deploy --json`'s answer.
-    pub answer: Value,
     /// The deploy's steps and their durations.
     pub steps: Vec<StepTime>,
     /// Seconds from starting `ferry deploy` to the migrated system's boot report.
     pub to_booted: f64,
     /// The host port QEMU forwards to the guest's 10.0.2.15:80.
     pub http_port: u16,
-    /// The ramdisk agent's survey of the target.
-    pub survey: Survey,
 }
 
 impl Deployed {
@@ -188,24 +164,16 @@ impl Deployed {
         Some((name, mac))
     }
 
-    /// GET / from the migrated system's nginx.
-    pub fn http_get(&self) -> Result<String> {
-        http_get(self.http_port)
+    /// GET / from the migrated system's nginx: the page.
+    pub async fn http_get(&self) -> Result<String> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}/", self.http_port)).await?;
+        ensure!(
+            resp.status().is_success(),
+            "nginx answered {}",
+            resp.status()
+        );
+        Ok(resp.text().await?)
     }
-}
-
-/// The answer to `GET /` on 127.0.0.1:`port`, body only.
-fn http_get(port: u16) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: ferry-web\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP answer: {text:?}"))?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
-    Ok(body.to_string())
 }
 
 /// Starts `target`, waits for its ramdisk agent (PXE from the manager's boot server),
@@ -255,17 +223,10 @@ pub async fn deploy_target(
         .await
         .context("the target's ramdisk agent")?;
     let id = agent["id"].as_str().unwrap_or_default().to_string();
-    let survey: Survey =
-        serde_json::from_value(agent["status"]["survey"].clone()).context("the target's survey")?;
-
-    let config = ferry_manager::config::ManagerConfig::load(&m.config)?;
-    let name = image.to_string();
-    let manifest = tokio::task::spawn_blocking(move || {
-        ferry_manager::images::open(&config)?.manifest(&name, None)
-    })
-    .await??;
-    let default =
-        ferry_model::deploy::default_plan(&manifest, &survey).map_err(|e| anyhow::anyhow!(e))?;
+    // The manager's default plan for this target, as `ferry deploy` would send it.
+    let default: DeployPlan =
+        serde_saphyr::from_str(&m.ferry(&["deploy", image, "--to", &id, "--plan-only"])?)
+            .context("ferry deploy --plan-only")?;
     let plan_file = dir.join("plan.json");
     std::fs::write(&plan_file, serde_json::to_string_pretty(&plan(default))?)?;
 
@@ -288,17 +249,10 @@ pub async fn deploy_target(
     vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
         .await
         .context("the migrated system's boot report")?;
-    let to_booted = started.elapsed().as_secs_f64();
-    let deployed = Deployed {
+    Ok(Deployed {
         vm,
-        answer,
         steps,
-        to_booted,
+        to_booted: started.elapsed().as_secs_f64(),
         http_port,
-        survey,
-    };
-    if deployed.report("FERRY-BOOTED").is_empty() {
-        bail!("no boot report:\n{}", deployed.vm.tail());
-    }
-    Ok(deployed)
+    })
 }

@@ -20,7 +20,7 @@ const GIB: u64 = 1 << 30;
 
 /// What every migrated web server must show: booted by `firmware` under the source's
 /// name, the static address on the target's NIC `mac`, nginx's page from `/var`.
-fn check_common(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
+async fn check_common(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
     let tail = || d.vm.tail();
     assert_eq!(
         d.report("FERRY-BOOTED"),
@@ -37,7 +37,7 @@ fn check_common(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
         "{}",
         tail()
     );
-    let page = d.http_get()?;
+    let page = d.http_get().await?;
     assert_eq!(page.trim(), WEB_MARKER);
     let steps: Vec<&str> = d.steps.iter().map(|s| s.step.as_str()).collect();
     for step in ["wipe", "partition", "filesystems", "restore", "configure"] {
@@ -86,7 +86,7 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
         p
     })
     .await?;
-    check_common(&d, Firmware::Uefi, target.mac)?;
+    check_common(&d, Firmware::Uefi, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
         mounts.iter().any(|l| l.starts_with("/ ext4 /dev/vda")),
@@ -153,7 +153,7 @@ async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Resul
         mac: "52:54:00:f0:00:22",
     };
     let d = deploy_target(&m, work.path(), &target, "web-uefi", mirrored).await?;
-    check_common(&d, Firmware::Bios, target.mac)?;
+    check_common(&d, Firmware::Bios, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
         mounts.contains(&"/ ext4 /dev/mapper/vg0-root".to_string()),

@@ -43,6 +43,16 @@ fn release_bin(name: &str, env: &[(&str, OsString)], rest: &[&str]) -> Result<()
     )
 }
 
+/// What a bench with guests needs: the Debian packages, and a ramdisk (built when
+/// there is none).
+fn guest_prerequisites() -> Result<()> {
+    deps::ensure()?;
+    if !sh::root().join("target/ferry/vmlinux").is_file() {
+        crate::ramdisk::run(&["--level", "3"])?;
+    }
+    Ok(())
+}
+
 /// Runs the named benchmark.
 pub fn run(args: &[&str]) -> Result<()> {
     match args {
@@ -61,10 +71,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             bench_bin("bench-ramdisk")
         }
         ["survey"] => {
-            deps::ensure()?;
-            if !sh::root().join("target/ferry/vmlinux").is_file() {
-                crate::ramdisk::run(&["--level", "3"])?;
-            }
+            guest_prerequisites()?;
             bench_bin("bench-survey")
         }
         ["image"] => {
@@ -88,8 +95,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             )
         }
         ["deploy"] => {
-            deps::ensure()?;
-            crate::ramdisk::run(&["--level", "3"])?;
+            guest_prerequisites()?;
             bench_bin("bench-deploy")
         }
         _ => bail!(

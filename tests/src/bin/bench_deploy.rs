@@ -28,7 +28,7 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let d = deploy_target(&m, work.path(), &target, "web", |p| p).await?;
     let pxe_and_deploy = t.elapsed().as_secs_f64();
-    ensure!(d.http_get()?.trim() == WEB_MARKER, "the page differs");
+    ensure!(d.http_get().await?.trim() == WEB_MARKER, "the page differs");
     let bytes: u64 = capture["filesystems"]
         .as_array()
         .map(|a| a.iter().filter_map(|f| f["bytes"].as_u64()).sum())
