@@ -415,6 +415,22 @@ impl Agent {
             }
             return Ok(None);
         }
+        // The same command re-signed with a newer seq (a job step sent again by another
+        // manager replica that did not see it run) is still the same command.
+        if self
+            .state
+            .accepted
+            .iter()
+            .any(|a| a.command_id == cmd.command_id)
+        {
+            let text = format!(
+                "{key}: command {} already ran (seq {} is a re-send of it)",
+                cmd.command_id, cmd.seq
+            );
+            self.refuse(key, hash, reply, Refusal::Replayed, text)
+                .await?;
+            return Ok(None);
+        }
         let now = now_ms();
         if now > cmd.expires_ms {
             let text = format!(

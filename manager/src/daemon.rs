@@ -1,13 +1,15 @@
-//! `ferry serve`: the embedded store (if configured) and the loop that records agent
-//! messages and watches health. Any number of replicas may run on one store.
+//! `ferry serve`: the embedded store (if configured), the loop that records agent
+//! messages and watches health, and the one that carries jobs on.
+//! Any number of replicas may run on one store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use ferry_mailbox::health::Health;
+use ferry_model::job::JobStatus;
 use futures::StreamExt;
 use tracing::{info, warn};
 
@@ -51,10 +53,21 @@ pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) ->
     };
     let fleet = Arc::new(Fleet::new(store, config.keys()?));
     let scan = Duration::from_secs_f64(config.scan_secs.max(0.05));
+    let jobs_task = {
+        let (config, fleet) = (config.clone(), fleet.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            carry_jobs_on(&config, &fleet, scan, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
     drop(stop_rx);
     watch_fleet(&fleet, scan, shutdown).await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = jobs_task.await;
     if let Some(t) = boot_task {
         t.await??;
     }
@@ -62,6 +75,41 @@ pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) ->
         t.await??;
     }
     Ok(())
+}
+
+/// Every `scan` (at least a second), carries every job that has not ended on. Ended
+/// jobs are remembered here only to skip reading them again.
+pub async fn carry_jobs_on(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    scan: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut ended: HashSet<String> = HashSet::new();
+    loop {
+        match crate::jobs::ids(fleet.store()).await {
+            Ok(ids) => {
+                for id in ids {
+                    if ended.contains(&id) {
+                        continue;
+                    }
+                    match crate::jobs::engine::advance(config, fleet, &id).await {
+                        Ok(job) if job.state().status != JobStatus::Running => {
+                            ended.insert(id);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(job = %id, "carrying the job on failed: {e:#}"),
+                    }
+                }
+            }
+            Err(e) => warn!("listing jobs failed: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(scan.max(Duration::from_secs(1))) => {}
+            _ = &mut shutdown => return,
+        }
+    }
 }
 
 /// Scans the fleet every `scan`: records messages, logs health changes.

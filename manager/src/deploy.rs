@@ -10,6 +10,7 @@ use ferry_model::deploy::{DeployPlan, SourceFs, default_plan};
 use ferry_model::protocol::{Action, MessageBody};
 
 use crate::config::ManagerConfig;
+use crate::fleet::Fleet;
 use crate::images::{failure, open, run_on_agent};
 
 /// Options of `ferry deploy`.
@@ -61,25 +62,49 @@ async fn plan_for(
         }
         None => None,
     };
-    let planned = from_file.as_ref().and_then(|p| p.capture.clone());
-    if let (Some(asked), Some(planned)) = (&opts.capture, &planned)
+    let fleet = crate::cli::fleet(config)?;
+    let id = fleet.resolve(id).await?;
+    checked_plan(
+        config,
+        &fleet,
+        image,
+        opts.capture.as_deref(),
+        from_file,
+        &id,
+        opts.keep_on_failure,
+    )
+    .await
+}
+
+/// The plan to deploy `capture` (or the plan's, or the latest) of `image` onto agent
+/// `id`'s machine: `user`'s, or the default one for the survey in its status; checked
+/// against the image's manifest, every problem named.
+pub(crate) async fn checked_plan(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    image: &str,
+    capture: Option<&str>,
+    user: Option<DeployPlan>,
+    id: &str,
+    keep_on_failure: bool,
+) -> Result<DeployPlan> {
+    let planned = user.as_ref().and_then(|p| p.capture.clone());
+    if let (Some(asked), Some(planned)) = (capture, &planned)
         && asked != planned
     {
-        bail!("--capture {asked}, but the plan is for capture {planned}");
+        bail!("capture {asked} was asked for, but the plan is for capture {planned}");
     }
-    // A plan names its capture; else --capture; else the latest.
-    let at = planned.or_else(|| opts.capture.clone());
+    // A plan names its capture; else the one asked for; else the latest.
+    let at = planned.or_else(|| capture.map(str::to_string));
     let manifest = {
         let (c, image) = (config.clone(), image.to_string());
         tokio::task::spawn_blocking(move || open(&c)?.manifest(&image, at.as_deref())).await??
     };
-    let mut plan = match from_file {
+    let mut plan = match user {
         Some(plan) => plan,
         None => {
-            let fleet = crate::cli::fleet(config)?;
-            let id = fleet.resolve(id).await?;
             let status =
-                fleet.view(&id).await?.status.with_context(|| {
+                fleet.view(id).await?.status.with_context(|| {
                     format!("agent {id} has published no status (no survey) yet")
                 })?;
             default_plan(&manifest, &status.survey).map_err(|e| anyhow::anyhow!(e))?
@@ -89,7 +114,7 @@ async fn plan_for(
         bail!("plan is for image {}, not {image}", plan.image);
     }
     plan.capture = Some(manifest.capture.clone());
-    plan.keep_on_failure |= opts.keep_on_failure;
+    plan.keep_on_failure |= keep_on_failure;
     let problems = plan.validate(&SourceFs::of(&manifest));
     if !problems.is_empty() {
         bail!(

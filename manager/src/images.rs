@@ -80,6 +80,27 @@ fn library_for(
     Ok((library, secrets))
 }
 
+/// Sends agent `id` an image command under `command_id`, with the library's secrets
+/// sealed to that agent and that command id.
+pub(crate) async fn send_with_library(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    id: &str,
+    command_id: &str,
+    make: impl FnOnce(LibraryRef) -> Action,
+) -> Result<ferry_model::protocol::CommandPayload> {
+    let lib = library_config(config)?;
+    let identity = fleet
+        .view(id)
+        .await?
+        .identity
+        .with_context(|| format!("agent {id} has no identity in its mailbox yet"))?;
+    let (library, secrets) = library_for(lib, &identity, command_id)?;
+    fleet
+        .send_prepared(id, command_id, make(library), secrets)
+        .await
+}
+
 /// Sends an image command (with its sealed secrets) and waits for the answer,
 /// drawing the agent's reported progress on a terminal meanwhile.
 pub(crate) async fn run_on_agent(
@@ -89,19 +110,10 @@ pub(crate) async fn run_on_agent(
     timeout: f64,
 ) -> Result<(String, MessagePayload)> {
     let timeout = Duration::from_secs_f64(timeout);
-    let lib = library_config(config)?;
     let fleet = crate::cli::fleet(config)?;
     let id = fleet.resolve(id).await?;
-    let view = fleet.view(&id).await?;
-    let identity = view
-        .identity
-        .with_context(|| format!("agent {id} has no identity in its mailbox yet"))?;
-    // The command id is fixed before sealing: seals are bound to it.
     let command_id = uuid::Uuid::now_v7().to_string();
-    let (library, secrets) = library_for(lib, &identity, &command_id)?;
-    let cmd = fleet
-        .send_prepared(&id, &command_id, make(library), secrets)
-        .await?;
+    let cmd = send_with_library(config, &fleet, &id, &command_id, make).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let terminal = std::io::stderr().is_terminal();
     loop {
@@ -151,12 +163,10 @@ pub(crate) fn failure(id: &str, body: MessageBody) -> anyhow::Error {
     }
 }
 
-/// Options of `ferry capture`.
+/// Which filesystems of a source are captured, and how they are read (`ferry capture`,
+/// `ferry migrate`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct CaptureOptions {
-    /// Image name.
-    #[arg(long)]
-    pub image: String,
+pub struct CaptureHow {
     /// Mount point to capture (repeatable; default: every local, persistent filesystem).
     #[arg(long = "path")]
     pub paths: Vec<String>,
@@ -171,23 +181,40 @@ pub struct CaptureOptions {
     /// agent's own folders are never frozen.
     #[arg(long, value_name = "SECONDS", conflicts_with = "live")]
     pub freeze: Option<u32>,
+}
+
+impl CaptureHow {
+    /// As a job records it.
+    pub fn settings(&self) -> ferry_model::job::CaptureSettings {
+        ferry_model::job::CaptureSettings {
+            paths: self.paths.clone(),
+            excludes: self.excludes.clone(),
+            live: self.live,
+            freeze: self.freeze,
+        }
+    }
+}
+
+/// Options of `ferry capture`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureOptions {
+    /// Image name.
+    #[arg(long)]
+    pub image: String,
+    /// Which filesystems, and how they are read.
+    #[command(flatten)]
+    pub how: CaptureHow,
     /// A partition or volume (not mounted) whose block data is captured (repeatable);
     /// with no --path, only these are captured.
     #[arg(long, value_name = "DEVICE")]
     pub raw: Vec<String>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds to wait for the capture to finish.
-    #[arg(long, default_value_t = 86400.0)]
-    pub timeout: f64,
+    /// Printing, waiting, or making a job and returning (`--detach`).
+    #[command(flatten)]
+    pub watch: crate::jobs::cli::WatchOptions,
 }
 
-/// `ferry capture AGENT --image NAME`: creates the library if there is none, then
-/// has the agent capture its server into the image.
-pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) -> Result<()> {
-    ferry_model::image::check_image_name(&opts.image)
-        .map_err(|e| anyhow::anyhow!("image {:?}: {e}", opts.image))?;
+/// Creates the library if there is none.
+pub(crate) async fn ensure_library(config: &ManagerConfig) -> Result<()> {
     let c = config.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let lib = open(&c)?;
@@ -196,20 +223,33 @@ pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) ->
         }
         Ok(())
     })
-    .await??;
+    .await?
+}
+
+/// `ferry capture AGENT --image NAME`: creates the library if there is none, then
+/// has the agent capture its server into the image.
+pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) -> Result<()> {
+    ferry_model::image::check_image_name(&opts.image)
+        .map_err(|e| anyhow::anyhow!("image {:?}: {e}", opts.image))?;
+    ensure_library(config).await?;
+    if opts.watch.detach {
+        let job = crate::jobs::cli::capture_job(config, id, opts).await?;
+        println!("{job}");
+        return Ok(());
+    }
     let (id, reply) = run_on_agent(
         config,
         id,
         |library| Action::Capture {
             image: opts.image.clone(),
             library,
-            paths: opts.paths.clone(),
-            excludes: opts.excludes.clone(),
-            live: opts.live,
-            freeze: opts.freeze,
+            paths: opts.how.paths.clone(),
+            excludes: opts.how.excludes.clone(),
+            live: opts.how.live,
+            freeze: opts.how.freeze,
             raw: opts.raw.clone(),
         },
-        opts.timeout,
+        opts.watch.timeout,
     )
     .await?;
     match reply.body {
@@ -219,7 +259,7 @@ pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) ->
             filesystems,
             warnings,
         } => {
-            if opts.json {
+            if opts.watch.json {
                 println!(
                     "{}",
                     serde_json::json!({"agent": id, "image": image, "capture": capture,

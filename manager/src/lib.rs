@@ -1,4 +1,4 @@
-//! The Ferry manager: config, embedded store, fleet view, commands and the daemon.
+//! The Ferry manager: config, embedded store, fleet view, commands, jobs and the daemon.
 
 pub mod bootserver;
 pub mod cli;
@@ -8,4 +8,5 @@ pub mod deploy;
 pub mod embedded;
 pub mod fleet;
 pub mod images;
+pub mod jobs;
 pub mod tls;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ferry_manager::bootserver::BootConfig;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
+use ferry_manager::jobs::cli::{MigrateOptions, WatchOptions};
 use ferry_manager::{cli, deploy, images};
 
 /// Ferry moves running Linux servers onto other servers through mailboxes on a store.
@@ -162,6 +163,27 @@ enum Cmd {
         #[command(flatten)]
         opts: deploy::DeployOptions,
     },
+    /// Move a server: capture it through its agent into the library, and deploy that
+    /// capture onto the target once Ferry's ramdisk runs there (by PXE, ISO or a
+    /// provider); the target then reboots into the migrated system. Runs as a job
+    /// that any manager replica carries on; this command follows it with progress.
+    Migrate {
+        /// The source's agent (id or unique prefix).
+        source: String,
+        #[command(flatten)]
+        opts: MigrateOptions,
+    },
+    /// List the jobs with their steps.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commands about one job.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
     /// List the images in the library.
     Images {
         /// Print JSON.
@@ -217,6 +239,37 @@ enum ImageCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Show a job: its spec, each step with its times and results, problems.
+    Show {
+        /// Job id, or a unique prefix of it.
+        id: String,
+        /// Print JSON (spec, steps, events).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job with progress bars until it ends, carrying it on meanwhile.
+    Watch {
+        /// Job id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        opts: WatchOptions,
+    },
+    /// Cancel a job: no further command is sent (a step with an agent runs to its end).
+    Cancel {
+        /// Job id, or a unique prefix of it.
+        id: String,
+    },
+    /// Run a failed job's failed step again, then follow the job.
+    Retry {
+        /// Job id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        opts: WatchOptions,
     },
 }
 
@@ -345,6 +398,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Capture { id, opts } => rt.block_on(images::capture(&load()?, &id, &opts)),
         Cmd::Restore { id, opts } => rt.block_on(images::restore(&load()?, &id, &opts)),
         Cmd::Deploy { image, opts } => rt.block_on(deploy::deploy(&load()?, &image, &opts)),
+        Cmd::Migrate { source, opts } => {
+            rt.block_on(ferry_manager::jobs::cli::migrate(&load()?, &source, &opts))
+        }
+        Cmd::Jobs { json } => rt.block_on(ferry_manager::jobs::cli::list(&load()?, json)),
+        Cmd::Job { cmd } => {
+            use ferry_manager::jobs::cli as jobs;
+            let config = load()?;
+            rt.block_on(async {
+                match cmd {
+                    JobCmd::Show { id, json } => jobs::show(&config, &id, json).await,
+                    JobCmd::Watch { id, opts } => jobs::watch(&config, &id, &opts).await,
+                    JobCmd::Cancel { id } => jobs::cancel(&config, &id).await,
+                    JobCmd::Retry { id, opts } => jobs::retry(&config, &id, &opts).await,
+                }
+            })
+        }
         Cmd::Images { json } => images::images(&load()?, json),
         Cmd::Image { cmd } => match cmd {
             ImageCmd::Show {

@@ -2,5 +2,6 @@
 
 pub mod deploy;
 pub mod image;
+pub mod job;
 pub mod protocol;
 pub mod survey;

@@ -69,6 +69,15 @@ pub trait Document: Sized + for<'de> Deserialize<'de> + Serialize {
         Ok(())
     }
 
+    /// The error for a field outside its allowed form.
+    fn invalid(field: &'static str, detail: String) -> DocumentError {
+        DocumentError::Invalid {
+            kind: Self::KIND,
+            field,
+            detail,
+        }
+    }
+
     /// Parses and validates bytes read from the store.
     fn parse(bytes: &[u8]) -> Result<Self, DocumentError> {
         if bytes.len() > MAX_DOCUMENT_BYTES {

@@ -140,3 +140,24 @@ impl Drop for Proc {
         self.kill_hard();
     }
 }
+
+/// An installed agent of `manager` run as a process (state and log in `dir`), with a
+/// 1 s heartbeat and a 0.2 s poll so that the suites run quickly.
+pub fn start_agent(manager: &ferry_manager::config::ManagerConfig, dir: &Path) -> Proc {
+    let mut config = manager
+        .agent_config(dir.join("agent"))
+        .expect("agent config");
+    config.heartbeat_secs = 1.0;
+    config.poll_secs = 0.2;
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, config.to_yaml().expect("yaml")).expect("write config");
+    Proc::spawn(
+        "ferry-agent",
+        Command::new(bin("ferry-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+        &dir.join("agent.log"),
+    )
+    .expect("start agent")
+}

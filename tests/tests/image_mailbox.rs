@@ -11,30 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry_mailbox::store;
-use ferry_manager::config::ManagerConfig;
 use ferry_manager::fleet::Fleet;
-use ferry_tests::procs::{Proc, bin};
+use ferry_tests::procs::{bin, start_agent};
 use ferry_tests::servers::Embedded;
 use serde_json::Value;
-
-fn start_agent(manager: &ManagerConfig, dir: &Path) -> Proc {
-    let mut config = manager
-        .agent_config(dir.join("agent"))
-        .expect("agent config");
-    config.heartbeat_secs = 1.0;
-    config.poll_secs = 0.2;
-    let path = dir.join("agent.yaml");
-    std::fs::write(&path, config.to_yaml().expect("yaml")).expect("write config");
-    Proc::spawn(
-        "ferry-agent",
-        Command::new(bin("ferry-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&path),
-        &dir.join("agent.log"),
-    )
-    .expect("start agent")
-}
 
 /// Runs `ferry --config CONFIG ARGS…` off the runtime; (success, stdout, stderr).
 async fn ferry(config: &Path, args: &[&str]) -> (bool, String, String) {

@@ -257,6 +257,22 @@ async fn forged_misaddressed_expired_replayed_and_reordered_commands_are_refused
         "replay must not run"
     );
 
+    // The same command re-signed with a newer seq (as a second manager replica
+    // carrying a job on would send it) does not run again either.
+    let mut resent = ping.clone();
+    resent.seq = 21;
+    rig.put_signed(&rig.manager, &resent).await;
+    let got = rig.round().await;
+    let r = refusals(&got);
+    assert_eq!(r.len(), 1, "{got:?}");
+    assert_eq!(r[0].0, Refusal::Replayed, "{r:?}");
+    assert!(r[0].1.contains("already ran"), "{}", r[0].1);
+    assert!(
+        !got.iter()
+            .any(|m| matches!(m.body, MessageBody::Pong { .. })),
+        "a re-sent command must not run"
+    );
+
     // A new command with a lower seq than one already run is out of order.
     let late = rig.command(15, Action::Ping { sent_ms: 1 });
     rig.put_signed(&rig.manager, &late).await;

@@ -1,0 +1,655 @@
+//! `ferry migrate`, `ferry jobs` and `ferry job show|watch|cancel|retry`: jobs made,
+//! listed, and carried on while a person (progress bars) or a program (`--json`)
+//! watches them.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ferry_image::progress::size;
+use ferry_mailbox::time::now_ms;
+use ferry_model::deploy::DeployPlan;
+use ferry_model::job::{
+    DeploySettings, EventKind, JobKind, JobSpec, JobState, JobStatus, Outcome, Step, StepStatus,
+    TargetRef,
+};
+use ferry_model::protocol::SCHEMA;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{Job, engine};
+use crate::config::ManagerConfig;
+use crate::fleet::Fleet;
+
+/// Options of `ferry migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateOptions {
+    /// The target: a ramdisk agent's id (or prefix), or the machine that will boot
+    /// Ferry's ramdisk, as mac=AA:BB:CC:DD:EE:FF or uuid=SMBIOS-UUID.
+    #[arg(long = "to")]
+    pub to: String,
+    /// The image to capture into (default: the source's host name).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Which filesystems, and how they are read.
+    #[command(flatten)]
+    pub how: crate::images::CaptureHow,
+    /// A deploy plan (YAML or JSON) instead of the default one for the target.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Stay in the ramdisk when done instead of rebooting into the migrated system.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// On failure, leave the target's disks as they are instead of wiping the new
+    /// partition tables.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// How the job is followed.
+    #[command(flatten)]
+    pub watch: WatchOptions,
+}
+
+/// How a job is followed.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchOptions {
+    /// Make a job, print its id and return: `ferry serve` (any replica) carries it
+    /// on, `ferry job watch` follows it.
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the final state as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to follow the job before giving up on watching (the job goes on).
+    #[arg(long, default_value_t = 86400.0)]
+    pub timeout: f64,
+}
+
+fn read_plan(file: &PathBuf) -> Result<DeployPlan> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("plan {}: cannot read it", file.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))
+}
+
+/// `ferry migrate SOURCE --to TARGET`: makes a migrate job, then carries it on and
+/// shows its progress until it ends (unless `--detach`).
+pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions) -> Result<()> {
+    let target = TargetRef::parse(&opts.to).map_err(|e| anyhow::anyhow!(e))?;
+    let fleet = crate::cli::fleet(config)?;
+    let source = fleet.resolve(source).await?;
+    let view = fleet.view(&source).await?;
+    let identity = view
+        .identity
+        .with_context(|| format!("agent {source} has no identity in its mailbox yet"))?;
+    let image = opts
+        .image
+        .clone()
+        .unwrap_or_else(|| identity.hostname.clone());
+    ferry_model::image::check_image_name(&image)
+        .map_err(|e| anyhow::anyhow!("image {image:?}: {e} (name one with --image)"))?;
+    let target = match target {
+        TargetRef::Agent(prefix) => TargetRef::Agent(fleet.resolve(&prefix).await?),
+        other => other,
+    };
+    let plan = opts.plan.as_ref().map(read_plan).transpose()?;
+    let id = make(
+        &fleet,
+        JobKind::Migrate {
+            source,
+            image,
+            target,
+            capture: opts.how.settings(),
+            deploy: DeploySettings {
+                plan: plan.map(Box::new),
+                reboot: !opts.no_reboot,
+                keep_on_failure: opts.keep_on_failure,
+            },
+        },
+    )
+    .await?;
+    if opts.watch.detach {
+        println!("{id}");
+        return Ok(());
+    }
+    follow(config, &fleet, &id, &opts.watch).await
+}
+
+/// `ferry capture AGENT --image NAME --detach`: makes a capture job; its id.
+pub async fn capture_job(
+    config: &ManagerConfig,
+    source: &str,
+    opts: &crate::images::CaptureOptions,
+) -> Result<String> {
+    if !opts.raw.is_empty() {
+        bail!(
+            "--raw devices are captured by `ferry capture` without --detach (jobs take filesystems)"
+        );
+    }
+    let fleet = crate::cli::fleet(config)?;
+    let source = fleet.resolve(source).await?;
+    make(
+        &fleet,
+        JobKind::Capture {
+            source,
+            image: opts.image.clone(),
+            capture: opts.how.settings(),
+        },
+    )
+    .await
+}
+
+/// Writes a new job of `kind` into the store; its id.
+async fn make(fleet: &Fleet, kind: JobKind) -> Result<String> {
+    let spec = JobSpec {
+        schema: SCHEMA,
+        id: uuid::Uuid::now_v7().to_string(),
+        created_ms: now_ms(),
+        kind,
+    };
+    super::create(fleet.store(), &spec).await?;
+    eprintln!(
+        "job {} ({} of {})",
+        spec.id,
+        spec.kind_name(),
+        describe(&spec)
+    );
+    Ok(spec.id)
+}
+
+/// What a job moves, in a few words.
+fn describe(spec: &JobSpec) -> String {
+    let short = |id: &str| id[..id.len().min(12)].to_string();
+    match &spec.kind {
+        JobKind::Capture { source, image, .. } => {
+            format!("agent {} into image {image}", short(source))
+        }
+        JobKind::Deploy { image, target, .. } => format!("image {image} onto {target}"),
+        JobKind::Migrate {
+            source,
+            image,
+            target,
+            ..
+        } => format!(
+            "agent {} onto {target} through image {image}",
+            short(source)
+        ),
+    }
+}
+
+/// `ferry job watch ID`: carries the job on and shows it until it ends.
+pub async fn watch(config: &ManagerConfig, id: &str, opts: &WatchOptions) -> Result<()> {
+    let fleet = crate::cli::fleet(config)?;
+    let id = super::resolve(fleet.store(), id).await?;
+    follow(config, &fleet, &id, opts).await
+}
+
+/// One progress bar per step.
+struct Bars {
+    multi: MultiProgress,
+    bars: Vec<(Step, ProgressBar)>,
+    terminal: bool,
+}
+
+impl Bars {
+    fn new(steps: &[Step]) -> Bars {
+        let terminal = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let bars = steps
+            .iter()
+            .map(|&s| {
+                let bar = multi.add(ProgressBar::new(0));
+                bar.set_style(waiting_style());
+                bar.set_prefix(s.name());
+                (s, bar)
+            })
+            .collect();
+        Bars {
+            multi,
+            bars,
+            terminal,
+        }
+    }
+
+    /// A line above the bars (or on stderr, without a terminal).
+    fn say(&self, line: String) {
+        if self.terminal {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn waiting_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>8} {spinner} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bytes_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:>8} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+/// Carries the job on (this process is a manager replica like any other) and shows
+/// it until it ends or `opts.timeout` passes.
+async fn follow(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    id: &str,
+    opts: &WatchOptions,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(opts.timeout);
+    let mut job = super::load(fleet.store(), id).await?;
+    let bars = Bars::new(job.spec.steps());
+    let mut shown = 0;
+    let mut store_trouble = false;
+    loop {
+        match engine::advance(config, fleet, id).await {
+            Ok(j) => {
+                if store_trouble {
+                    bars.say("the store answers again".into());
+                    store_trouble = false;
+                }
+                job = j;
+            }
+            Err(e) if !store_trouble => {
+                bars.say(format!("cannot carry job {id} on now, retrying: {e:#}"));
+                store_trouble = true;
+            }
+            Err(_) => {}
+        }
+        for event in &job.events[shown.min(job.events.len())..] {
+            bars.say(event_line(&job, event));
+        }
+        shown = job.events.len();
+        let state = job.state();
+        draw(fleet, &job, &state, &bars).await;
+        if state.status != JobStatus::Running {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "job {id} is still running after {:.0} s; `ferry job watch {}` follows it again",
+                opts.timeout,
+                &id[..13.min(id.len())]
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for (_, bar) in &bars.bars {
+        if !bar.is_finished() {
+            bar.abandon();
+        }
+    }
+    let state = job.state();
+    if opts.json {
+        println!("{}", show_json(&job, &state));
+    } else {
+        print!("{}", summary(&job, &state));
+    }
+    match state.status {
+        JobStatus::Succeeded => Ok(()),
+        JobStatus::Cancelled => bail!("job {id} was cancelled"),
+        _ => {
+            let why: Vec<String> = state
+                .steps
+                .iter()
+                .filter_map(|s| match &s.status {
+                    StepStatus::Failed { error } => Some(format!("{}: {error}", s.step)),
+                    _ => None,
+                })
+                .collect();
+            bail!(
+                "job {id} failed at {}; `ferry job retry {}` runs the failed step again",
+                why.join("; "),
+                &id[..13.min(id.len())]
+            )
+        }
+    }
+}
+
+/// Sets each bar from the step's state and, for a running step, its agent's status.
+async fn draw(fleet: &Fleet, job: &Job, state: &JobState, bars: &Bars) {
+    for (step, bar) in &bars.bars {
+        let Some(s) = state.step(*step) else { continue };
+        if bar.is_finished() {
+            continue;
+        }
+        match &s.status {
+            StepStatus::Pending => {
+                bar.set_message(match step {
+                    Step::Target => {
+                        format!("waiting for {} to boot Ferry's ramdisk", target_of(job))
+                    }
+                    _ => "waiting".into(),
+                });
+                bar.tick();
+            }
+            StepStatus::Running { agent, .. } => {
+                let status = fleet.view(agent).await.ok().and_then(|v| v.status);
+                let (phase, progress) = status
+                    .map(|st| {
+                        (
+                            format!("{} {}", st.phase, st.step.unwrap_or_default()),
+                            st.progress,
+                        )
+                    })
+                    .unwrap_or_default();
+                match progress.filter(|p| p.total > 0) {
+                    Some(p) => {
+                        bar.set_style(bytes_style());
+                        bar.set_length(p.total);
+                        bar.set_position(p.done.min(p.total));
+                    }
+                    None => {
+                        bar.set_style(waiting_style());
+                        bar.tick();
+                    }
+                }
+                bar.set_message(format!(
+                    "{} {}",
+                    &agent[..12.min(agent.len())],
+                    phase.trim()
+                ));
+            }
+            StepStatus::Done { outcome } => {
+                bar.set_style(waiting_style());
+                bar.finish_with_message(format!("done {}", outcome_words(outcome)));
+            }
+            StepStatus::Failed { error } => {
+                bar.set_style(waiting_style());
+                bar.abandon_with_message(format!("failed: {error}"));
+            }
+        }
+    }
+}
+
+fn target_of(job: &Job) -> String {
+    match &job.spec.kind {
+        JobKind::Deploy { target, .. } | JobKind::Migrate { target, .. } => target.to_string(),
+        JobKind::Capture { .. } => "-".into(),
+    }
+}
+
+fn outcome_words(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Captured {
+            capture,
+            filesystems,
+            ..
+        } => format!(
+            "capture {capture}: {} in {} filesystems",
+            size(filesystems.iter().map(|f| f.bytes).sum()),
+            filesystems.len()
+        ),
+        Outcome::Matched { agent } => format!("agent {}", &agent[..12.min(agent.len())]),
+        Outcome::Deployed { capture, .. } => format!("capture {capture}"),
+    }
+}
+
+fn secs(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// One event as a line, timed from the job's start.
+fn event_line(job: &Job, event: &ferry_model::job::JobEvent) -> String {
+    let at = secs(event.at_ms.saturating_sub(job.spec.created_ms));
+    let what = match &event.kind {
+        EventKind::Sent {
+            step,
+            attempt,
+            agent,
+            ..
+        } => format!(
+            "{step}: sent to agent {} (attempt {attempt})",
+            &agent[..12.min(agent.len())]
+        ),
+        EventKind::Done { step, outcome, .. } => format!("{step}: {}", outcome_words(outcome)),
+        EventKind::Failed { step, error, .. } => format!("{step}: failed: {error}"),
+        EventKind::Retried { step } => format!("{step}: retried"),
+        EventKind::Cancelled { by } => format!("cancelled by {by}"),
+    };
+    format!("[{at:>8}] {what}")
+}
+
+/// The final summary: what moved, how long each step took, what changed on the target.
+pub fn summary(job: &Job, state: &JobState) -> String {
+    let mut out = format!(
+        "job {} ({}) {}: {}\n",
+        job.spec.id,
+        job.spec.kind_name(),
+        state.status,
+        describe(&job.spec)
+    );
+    if let Some(end) = state.ended_ms {
+        out.push_str(&format!(
+            "  took {}\n",
+            secs(end.saturating_sub(job.spec.created_ms))
+        ));
+    }
+    for s in &state.steps {
+        let took = match (s.started_ms, s.ended_ms) {
+            (Some(a), Some(b)) => secs(b.saturating_sub(a)),
+            (None, Some(b)) => format!("after {}", secs(b.saturating_sub(job.spec.created_ms))),
+            _ => "-".into(),
+        };
+        let attempt = if s.attempt > 1 {
+            format!(" (attempt {})", s.attempt)
+        } else {
+            String::new()
+        };
+        let line = match &s.status {
+            StepStatus::Pending => "pending".to_string(),
+            StepStatus::Running { agent, .. } => {
+                format!("running on agent {}", &agent[..12.min(agent.len())])
+            }
+            StepStatus::Failed { error } => format!("failed: {error}"),
+            StepStatus::Done { outcome } => outcome_words(outcome),
+        };
+        out.push_str(&format!("  {:<8} {:>9}  {line}{attempt}\n", s.step, took));
+        if let StepStatus::Done { outcome } = &s.status {
+            match outcome {
+                Outcome::Captured {
+                    filesystems,
+                    warnings,
+                    ..
+                } => {
+                    for f in filesystems {
+                        out.push_str(&format!(
+                            "           {:<16} {:>10} in {} files, {} new, {:?}\n",
+                            f.path,
+                            size(f.bytes),
+                            f.files,
+                            size(f.added_bytes),
+                            f.consistency
+                        ));
+                    }
+                    for w in warnings {
+                        out.push_str(&format!("           warning: {w}\n"));
+                    }
+                }
+                Outcome::Deployed {
+                    steps,
+                    drivers_added,
+                    ..
+                } => {
+                    let times: Vec<String> = steps
+                        .iter()
+                        .map(|t| format!("{} {}", t.step, secs(t.millis)))
+                        .collect();
+                    out.push_str(&format!("           {}\n", times.join(", ")));
+                    if !drivers_added.is_empty() {
+                        out.push_str(&format!(
+                            "           drivers added to the migrated kernel: {}\n",
+                            drivers_added.join(", ")
+                        ));
+                    }
+                    let reboot = match &job.spec.kind {
+                        JobKind::Deploy { deploy, .. } | JobKind::Migrate { deploy, .. } => {
+                            deploy.reboot
+                        }
+                        JobKind::Capture { .. } => false,
+                    };
+                    if reboot {
+                        out.push_str("           the target reboots into the deployed system\n");
+                    }
+                }
+                Outcome::Matched { .. } => {}
+            }
+        }
+    }
+    for p in job.problems.iter().chain(&state.ignored) {
+        out.push_str(&format!("  ! {p}\n"));
+    }
+    out
+}
+
+fn show_json(job: &Job, state: &JobState) -> serde_json::Value {
+    serde_json::json!({
+        "id": job.spec.id,
+        "spec": job.spec,
+        "status": state.status,
+        "steps": state.steps,
+        "ended_ms": state.ended_ms,
+        "events": job.events,
+        "problems": job.problems.iter().chain(&state.ignored).collect::<Vec<_>>(),
+    })
+}
+
+/// `ferry jobs`.
+pub async fn list(config: &ManagerConfig, json: bool) -> Result<()> {
+    let fleet = crate::cli::fleet(config)?;
+    let mut jobs = Vec::new();
+    for id in super::ids(fleet.store()).await? {
+        match super::load(fleet.store(), &id).await {
+            Ok(job) => jobs.push(job),
+            Err(e) => eprintln!("ferry: {e:#}"),
+        }
+    }
+    if json {
+        let all: Vec<_> = jobs.iter().map(|j| show_json(j, &j.state())).collect();
+        println!("{}", serde_json::Value::Array(all));
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<8} {:<16} {:<10} {:<30} {:>9}",
+        "JOB", "KIND", "IMAGE", "STATUS", "STEPS", "AGE"
+    );
+    for job in &jobs {
+        let state = job.state();
+        let steps: Vec<String> = state
+            .steps
+            .iter()
+            .map(|s| {
+                let mark = match s.status {
+                    StepStatus::Pending => "·",
+                    StepStatus::Running { .. } => "…",
+                    StepStatus::Done { .. } => "✓",
+                    StepStatus::Failed { .. } => "✗",
+                };
+                format!("{}{mark}", s.step)
+            })
+            .collect();
+        println!(
+            "{:<14} {:<8} {:<16} {:<10} {:<30} {:>9}",
+            &job.spec.id[..13.min(job.spec.id.len())],
+            job.spec.kind_name(),
+            job.spec.image(),
+            state.status.to_string(),
+            steps.join(" "),
+            secs(now_ms().saturating_sub(job.spec.created_ms))
+        );
+    }
+    Ok(())
+}
+
+/// `ferry job show ID`.
+pub async fn show(config: &ManagerConfig, id: &str, json: bool) -> Result<()> {
+    let fleet = crate::cli::fleet(config)?;
+    let id = super::resolve(fleet.store(), id).await?;
+    let job = super::load(fleet.store(), &id).await?;
+    let state = job.state();
+    if json {
+        println!("{}", show_json(&job, &state));
+    } else {
+        print!("{}", summary(&job, &state));
+    }
+    Ok(())
+}
+
+fn who() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+/// `ferry job cancel ID`: no further command is sent; a step already with an agent
+/// runs to its end there (agents cannot stop a command midway yet).
+pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
+    let fleet = crate::cli::fleet(config)?;
+    let id = super::resolve(fleet.store(), id).await?;
+    let job = super::load(fleet.store(), &id).await?;
+    let state = job.state();
+    if state.status != JobStatus::Running {
+        bail!("job {id} has already {}", state.status);
+    }
+    super::append(fleet.store(), &job, EventKind::Cancelled { by: who() }).await?;
+    let running: Vec<String> = state
+        .steps
+        .iter()
+        .filter(|s| matches!(s.status, StepStatus::Running { .. }))
+        .map(|s| s.step.to_string())
+        .collect();
+    println!("job {id} cancelled");
+    if !running.is_empty() {
+        println!(
+            "  still running on its agent, to its end: {}",
+            running.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `ferry job retry ID`: runs the failed step again, under a new command id.
+pub async fn retry(config: &ManagerConfig, id: &str, opts: &WatchOptions) -> Result<()> {
+    let fleet = crate::cli::fleet(config)?;
+    let id = super::resolve(fleet.store(), id).await?;
+    let job = super::load(fleet.store(), &id).await?;
+    let state = job.state();
+    if state.status != JobStatus::Failed {
+        bail!("job {id} is {}; only a failed job is retried", state.status);
+    }
+    let mut job = job;
+    // One event per load, so each lands on its own index.
+    while let Some(s) = job
+        .state()
+        .steps
+        .into_iter()
+        .find(|s| matches!(s.status, StepStatus::Failed { .. }))
+    {
+        super::append(fleet.store(), &job, EventKind::Retried { step: s.step }).await?;
+        eprintln!(
+            "job {id}: {} runs again (attempt {})",
+            s.step,
+            s.attempt + 1
+        );
+        job = super::load(fleet.store(), &id).await?;
+    }
+    if opts.detach {
+        return Ok(());
+    }
+    follow(config, &fleet, &id, opts).await
+}

@@ -1,0 +1,265 @@
+//! Carrying a job on: from its spec and events alone, do what is due now — send a
+//! step's command, record an agent's answer, find the target's ramdisk agent — and
+//! record it as an event. Every manager replica runs the same code on the same files.
+
+use anyhow::{Context, Result};
+use ferry_mailbox::health::Health;
+use ferry_model::job::{
+    EventKind, JobKind, JobState, Outcome, Step, StepState, StepStatus, TargetRef,
+};
+use ferry_model::protocol::{Action, AgentKind, MessageBody, Refusal};
+use tracing::info;
+
+use super::Job;
+use crate::config::ManagerConfig;
+use crate::fleet::Fleet;
+
+/// How many events one call of [`advance`] records at most (a job has few steps; the
+/// bound keeps a replica that keeps losing races from looping).
+const MAX_EVENTS_PER_ADVANCE: usize = 16;
+
+/// Does what is due on job `id` now, as often as something is due; returns the job as
+/// it then stands.
+pub async fn advance(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<Job> {
+    let store = fleet.store();
+    let mut job = super::load(store, id).await?;
+    for _ in 0..MAX_EVENTS_PER_ADVANCE {
+        let state = job.state();
+        let mut due = None;
+        for step in state.actionable(&job.spec) {
+            if let Some(event) = work_on(config, fleet, &job, &state, step).await? {
+                due = Some(event);
+                break;
+            }
+        }
+        let Some(event) = due else {
+            return Ok(job);
+        };
+        info!(job = %id, event = ?event, "job event");
+        super::append(store, &job, event).await?;
+        job = super::load(store, id).await?;
+    }
+    Ok(job)
+}
+
+/// The event that one step has due now, if any.
+async fn work_on(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    job: &Job,
+    state: &JobState,
+    step: &StepState,
+) -> Result<Option<EventKind>> {
+    let (s, attempt) = (step.step, step.attempt);
+    if let StepStatus::Running {
+        agent, command_id, ..
+    } = &step.status
+    {
+        return Ok(answer(fleet, agent, command_id)
+            .await?
+            .map(|body| event_for(s, attempt, agent, body)));
+    }
+    let command_id = s.command_id(&job.spec.id, attempt);
+    let source = match &job.spec.kind {
+        JobKind::Capture { source, .. } | JobKind::Migrate { source, .. } => Some(source),
+        JobKind::Deploy { .. } => None,
+    };
+    // A replica that sent the command and stopped before recording it: its answer
+    // may already be in.
+    let agent = match s {
+        Step::Capture => source.cloned(),
+        Step::Deploy => state.target_agent().map(str::to_string),
+        Step::Target => None,
+    };
+    if let Some(agent) = &agent
+        && let Some(body) = answer(fleet, agent, &command_id).await?
+    {
+        return Ok(Some(event_for(s, attempt, agent, body)));
+    }
+    let sent = match s {
+        Step::Target => return find_target(fleet, job).await,
+        Step::Capture => send_capture(config, fleet, job, &command_id).await,
+        Step::Deploy => send_deploy(config, fleet, job, state, &command_id).await,
+    };
+    Ok(Some(match sent {
+        Ok((agent, seq)) => EventKind::Sent {
+            step: s,
+            attempt,
+            agent,
+            command_id,
+            seq,
+        },
+        Err(e) => EventKind::Failed {
+            step: s,
+            attempt,
+            error: format!("{e:#}"),
+        },
+    }))
+}
+
+/// The agent's answer to a command, if there is one yet (a refusal as a replay is no
+/// answer: the command ran, or runs, under that id and its answer comes).
+async fn answer(fleet: &Fleet, agent: &str, command_id: &str) -> Result<Option<MessageBody>> {
+    fleet.collect(agent).await?;
+    Ok(fleet
+        .replies(agent, command_id)
+        .await?
+        .into_iter()
+        .map(|m| m.body)
+        .find(|b| {
+            !matches!(
+                b,
+                MessageBody::Refused {
+                    reason: Refusal::Replayed,
+                    ..
+                }
+            )
+        }))
+}
+
+/// The event an agent's answer makes.
+fn event_for(step: Step, attempt: u32, agent: &str, body: MessageBody) -> EventKind {
+    let outcome = match body {
+        MessageBody::Captured {
+            capture,
+            filesystems,
+            warnings,
+            ..
+        } if step == Step::Capture => Outcome::Captured {
+            capture,
+            filesystems,
+            warnings,
+        },
+        MessageBody::Deployed {
+            capture,
+            steps,
+            drivers_added,
+            ..
+        } if step == Step::Deploy => Outcome::Deployed {
+            capture,
+            steps,
+            drivers_added,
+        },
+        other => {
+            return EventKind::Failed {
+                step,
+                attempt,
+                error: crate::images::failure(agent, other).to_string(),
+            };
+        }
+    };
+    EventKind::Done {
+        step,
+        attempt,
+        outcome,
+    }
+}
+
+/// The target's ramdisk agent, when it is online: by id, or the newest ramdisk agent
+/// on the machine with the spec's MAC or SMBIOS UUID.
+async fn find_target(fleet: &Fleet, job: &Job) -> Result<Option<EventKind>> {
+    let target = match &job.spec.kind {
+        JobKind::Deploy { target, .. } | JobKind::Migrate { target, .. } => target,
+        JobKind::Capture { .. } => return Ok(None),
+    };
+    let candidates = match target {
+        TargetRef::Agent(prefix) => match fleet.resolve(prefix).await {
+            Ok(id) => vec![fleet.view(&id).await?],
+            Err(_) => Vec::new(),
+        },
+        _ => fleet.scan().await?,
+    };
+    let found = candidates
+        .into_iter()
+        .filter(|v| v.health == Health::Online)
+        .filter_map(|v| v.identity)
+        .filter(|i| i.kind == AgentKind::Ramdisk && target.matches(&i.agent_id, &i.fingerprint))
+        .max_by_key(|i| i.created_ms);
+    Ok(found.map(|i| EventKind::Done {
+        step: Step::Target,
+        attempt: 1,
+        outcome: Outcome::Matched { agent: i.agent_id },
+    }))
+}
+
+/// Sends the capture command; (agent, seq).
+async fn send_capture(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    job: &Job,
+    command_id: &str,
+) -> Result<(String, u64)> {
+    let (source, image, settings) = match &job.spec.kind {
+        JobKind::Capture {
+            source,
+            image,
+            capture,
+        }
+        | JobKind::Migrate {
+            source,
+            image,
+            capture,
+            ..
+        } => (source, image, capture),
+        JobKind::Deploy { .. } => anyhow::bail!("a deploy job captures nothing"),
+    };
+    crate::images::ensure_library(config).await?;
+    let cmd = crate::images::send_with_library(config, fleet, source, command_id, |library| {
+        Action::Capture {
+            image: image.clone(),
+            library,
+            paths: settings.paths.clone(),
+            excludes: settings.excludes.clone(),
+            live: settings.live,
+            freeze: settings.freeze,
+            raw: Vec::new(),
+        }
+    })
+    .await?;
+    Ok((source.clone(), cmd.seq))
+}
+
+/// Makes and checks the plan for the target's survey, then sends the deploy; (agent,
+/// seq). A plan that cannot be carried out fails the step, naming every problem.
+async fn send_deploy(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    job: &Job,
+    state: &JobState,
+    command_id: &str,
+) -> Result<(String, u64)> {
+    let (image, capture, settings) = match &job.spec.kind {
+        JobKind::Deploy {
+            image,
+            capture,
+            deploy,
+            ..
+        } => (image, capture.as_deref(), deploy),
+        JobKind::Migrate { image, deploy, .. } => (image, state.captured(), deploy),
+        JobKind::Capture { .. } => anyhow::bail!("a capture job deploys nothing"),
+    };
+    let target = state
+        .target_agent()
+        .context("the target's agent is not known yet")?
+        .to_string();
+    let plan = crate::deploy::checked_plan(
+        config,
+        fleet,
+        image,
+        capture,
+        settings.plan.as_deref().cloned(),
+        &target,
+        settings.keep_on_failure,
+    )
+    .await?;
+    let reboot = settings.reboot;
+    let cmd = crate::images::send_with_library(config, fleet, &target, command_id, |library| {
+        Action::Deploy {
+            library,
+            plan: Box::new(plan),
+            reboot,
+        }
+    })
+    .await?;
+    Ok((target, cmd.seq))
+}
