@@ -489,7 +489,7 @@ cat > '{mnt_q}/grub/grub.cfg' <<'EOF'
             .into(),
     ]);
     let mut vm = crate::vm::Qemu::start(&work, &console, &args, None)?;
-    vm.wait_console("FERRY-BUILD-DONE", std::time::Duration::from_secs(900))
+    vm.wait_console("FERRY-BUILD-DONE", std::time::Duration::from_secs(2400))
         .await
         .context("building root on LVM in a VM")?;
     vm.wait_exit(std::time::Duration::from_secs(60)).await?;

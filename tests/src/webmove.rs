@@ -6,7 +6,7 @@
 //! reports on the console how it came up, and nginx is asked for its page over a port
 //! QEMU forwards to the guest's 10.0.2.15.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -56,15 +56,14 @@ impl Firmware {
     }
 }
 
-/// Boots the web server on `firmware` from the cached disk (its writes thrown away),
-/// captures every filesystem into image `image` through its agent, and switches it off.
-/// Returns the agent's id and `ferry capture --json`'s answer.
-pub async fn capture_source(
+/// Boots the web server on `firmware` from the cached disk (its writes thrown away)
+/// and waits for its agent's survey; the VM and the agent's id.
+async fn source_vm(
     m: &Manager,
     work: &Path,
     firmware: Firmware,
     image: &str,
-) -> Result<(String, Value)> {
+) -> Result<(Qemu, String)> {
     let disk = web_source_disk()?;
     let dir = work.join(format!("source-{image}"));
     std::fs::create_dir_all(&dir)?;
@@ -95,6 +94,19 @@ pub async fn capture_source(
         "the source booted by {mode}, not {}",
         firmware.name()
     );
+    Ok((vm, id))
+}
+
+/// Boots the web server on `firmware`, captures every filesystem into image `image`
+/// through its agent, and switches it off. Returns the agent's id and `ferry capture
+/// --json`'s answer.
+pub async fn capture_source(
+    m: &Manager,
+    work: &Path,
+    firmware: Firmware,
+    image: &str,
+) -> Result<(String, Value)> {
+    let (vm, id) = source_vm(m, work, firmware, image).await?;
     let out = m.ferry(&[
         "capture",
         &id,
@@ -176,16 +188,14 @@ impl Deployed {
     }
 }
 
-/// Starts `target`, waits for its ramdisk agent (PXE from the manager's boot server),
-/// deploys `image` onto it (the default plan, or what `plan` makes of it), and waits
-/// for the migrated system's boot report.
-pub async fn deploy_target(
+/// Starts `target`, PXE-booting the ramdisk from the manager's boot server; the VM,
+/// its folder and the host port forwarded to the guest's 10.0.2.15:80.
+fn target_vm(
     m: &Manager,
     work: &Path,
     target: &Target,
     image: &str,
-    plan: impl FnOnce(DeployPlan) -> DeployPlan,
-) -> Result<Deployed> {
+) -> Result<(Qemu, PathBuf, u16)> {
     let dir = work.join(format!("target-{image}"));
     std::fs::create_dir_all(&dir)?;
     let console = dir.join("console.log");
@@ -217,7 +227,21 @@ pub async fn deploy_target(
         "-boot".into(),
         "once=n".into(),
     ]);
-    let mut vm = Qemu::start(&dir, &console, &args, None)?;
+    let vm = Qemu::start(&dir, &console, &args, None)?;
+    Ok((vm, dir, http_port))
+}
+
+/// Starts `target`, waits for its ramdisk agent (PXE from the manager's boot server),
+/// deploys `image` onto it (the default plan, or what `plan` makes of it), and waits
+/// for the migrated system's boot report.
+pub async fn deploy_target(
+    m: &Manager,
+    work: &Path,
+    target: &Target,
+    image: &str,
+    plan: impl FnOnce(DeployPlan) -> DeployPlan,
+) -> Result<Deployed> {
+    let (mut vm, dir, http_port) = target_vm(m, work, target, image)?;
     let agent = m
         .wait_ramdisk_agent(&mut vm, Duration::from_secs(300))
         .await
@@ -255,4 +279,62 @@ pub async fn deploy_target(
         to_booted: started.elapsed().as_secs_f64(),
         http_port,
     })
+}
+
+/// `ferry migrate`: boots the web server on `firmware`, starts `target` booting the
+/// ramdisk meanwhile, and migrates the one onto the other as a job matched to the
+/// target by its MAC (the manager's `ferry serve` and `ferry job watch` both carry
+/// it on); the source is switched off once captured. Returns the migrated target and
+/// the job as `ferry job watch --json` ends it.
+pub async fn migrate(
+    m: &Manager,
+    work: &Path,
+    firmware: Firmware,
+    target: &Target,
+    image: &str,
+) -> Result<(Deployed, Value)> {
+    let (source, id) = source_vm(m, work, firmware, image).await?;
+    let (mut vm, _, http_port) = target_vm(m, work, target, image)?;
+    let started = std::time::Instant::now();
+    let mac = format!("mac={}", target.mac);
+    let job = m.ferry(&[
+        "migrate", &id, "--to", &mac, "--image", image, "--live", "--detach",
+    ])?;
+    let job = job.trim().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+    loop {
+        let shown: Value = serde_json::from_str(&m.ferry(&["job", "show", &job, "--json"])?)?;
+        ensure!(shown["status"] == "running", "job {job}: {shown:#}");
+        if shown["steps"][0]["status"]["state"] == "done" {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "job {job} has not captured its source: {shown:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    drop(source);
+    let out = m
+        .ferry(&["job", "watch", &job, "--json", "--timeout", "3600"])
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+    let shown: Value = serde_json::from_str(&out).context("ferry job watch --json")?;
+    let deploy = shown["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step"] == "deploy"))
+        .with_context(|| format!("no deploy step: {shown:#}"))?;
+    let steps: Vec<StepTime> =
+        serde_json::from_value(deploy["status"]["outcome"]["steps"].clone())?;
+    vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
+        .await
+        .context("the migrated system's boot report")?;
+    Ok((
+        Deployed {
+            vm,
+            steps,
+            to_booted: started.elapsed().as_secs_f64(),
+            http_port,
+        },
+        shown,
+    ))
 }

@@ -1,10 +1,12 @@
-//! Complete deploys that boot: the web server (a debootstrapped Debian 12 with an
+//! Complete migrations that boot: the web server (a debootstrapped Debian 12 with an
 //! ext4 root, an xfs `/var` holding nginx's page, static addressing) is captured live
 //! through its agent, then deployed onto a PXE-booted target with other firmware,
 //! other disks and another MAC. The target reboots from its own disk into the migrated
 //! system, which reports how it came up on the console and serves the source's page
 //! on its new NIC.
-//! - BIOS source → UEFI target with a larger disk (the default plan);
+//! - BIOS source → UEFI target with a larger disk, by `ferry migrate`: a job that
+//!   captures the source while the target PXE-boots, finds the target by its MAC and
+//!   deploys the default plan;
 //! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from
 //!   the default one), where the source had one plain disk.
 
@@ -14,7 +16,7 @@ use ferry_model::deploy::{DeployPlan, LvLayout, VgLayout};
 use ferry_model::survey::BootMode;
 use ferry_tests::debian::WEB_MARKER;
 use ferry_tests::vm::{Manager, ramdisk};
-use ferry_tests::webmove::{Deployed, Firmware, Target, capture_source, deploy_target};
+use ferry_tests::webmove::{Deployed, Firmware, Target, capture_source, deploy_target, migrate};
 
 const GIB: u64 = 1 << 30;
 
@@ -74,18 +76,21 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
     }
     let work = tempfile::tempdir()?;
     let m = Manager::start(work.path(), None)?;
-    let (_, capture) = capture_source(&m, work.path(), Firmware::Bios, "web-bios").await?;
-    eprintln!("captured: {capture}");
     let target = Target {
         firmware: Firmware::Uefi,
         disks: vec!["5G"],
         mac: "52:54:00:f0:00:21",
     };
-    let d = deploy_target(&m, work.path(), &target, "web-bios", |p| {
-        assert_eq!(p.boot.mode, BootMode::Uefi);
-        p
-    })
-    .await?;
+    let (d, job) = migrate(&m, work.path(), Firmware::Bios, &target, "web-bios").await?;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let matched = &job["steps"][1]["status"]["outcome"];
+    assert_eq!(matched["result"], "matched", "{job:#}");
+    let captured = &job["steps"][0]["status"]["outcome"];
+    let paths: Vec<&str> = captured["filesystems"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(paths.contains(&"/") && paths.contains(&"/var"), "{job:#}");
     check_common(&d, Firmware::Uefi, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
