@@ -134,6 +134,17 @@ pub struct Target {
     pub mac: &'static str,
 }
 
+impl Target {
+    /// The first case's target: UEFI, one 5 GiB disk (the source has 3), another MAC.
+    pub fn larger_uefi() -> Target {
+        Target {
+            firmware: Firmware::Uefi,
+            disks: vec!["5G"],
+            mac: "52:54:00:f0:00:21",
+        }
+    }
+}
+
 /// A target after `ferry deploy`, running the migrated system.
 pub struct Deployed {
     /// The VM (ended when dropped).

@@ -76,11 +76,7 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
     }
     let work = tempfile::tempdir()?;
     let m = Manager::start(work.path(), None)?;
-    let target = Target {
-        firmware: Firmware::Uefi,
-        disks: vec!["5G"],
-        mac: "52:54:00:f0:00:21",
-    };
+    let target = Target::larger_uefi();
     let (d, job) = migrate(&m, work.path(), Firmware::Bios, &target, "web-bios").await?;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let matched = &job["steps"][1]["status"]["outcome"];

@@ -98,8 +98,12 @@ pub fn run(args: &[&str]) -> Result<()> {
             guest_prerequisites()?;
             bench_bin("bench-deploy")
         }
+        ["migrate"] => {
+            guest_prerequisites()?;
+            bench_bin("bench-migrate")
+        }
         _ => bail!(
-            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy"
+            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy\n       cargo xtask bench migrate"
         ),
     }
 }

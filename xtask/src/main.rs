@@ -22,6 +22,7 @@ tasks:
   bench survey    survey time in a ramdisk VM (TCG) and here, next to lshw
   bench image     image capture/re-capture/restore next to restic and tar|zstd
   bench deploy    seconds per deploy step: BIOS web server onto a UEFI target (TCG)
+  bench migrate   seconds per phase of `ferry migrate`, the same move as one job (TCG)
 ";
 
 fn main() {

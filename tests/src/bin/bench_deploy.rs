@@ -20,11 +20,7 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let (_, capture) = capture_source(&m, work.path(), Firmware::Bios, "web").await?;
     let captured = t.elapsed().as_secs_f64();
-    let target = Target {
-        firmware: Firmware::Uefi,
-        disks: vec!["5G"],
-        mac: "52:54:00:f0:00:21",
-    };
+    let target = Target::larger_uefi();
     let t = Instant::now();
     let d = deploy_target(&m, work.path(), &target, "web", |p| p).await?;
     let pxe_and_deploy = t.elapsed().as_secs_f64();
