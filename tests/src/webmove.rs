@@ -189,6 +189,8 @@ impl Deployed {
 
     /// GET / from the migrated system's nginx: the page.
     pub async fn http_get(&self) -> Result<String> {
+        // reqwest's rustls is built without a provider of its own: the store's.
+        ferry_mailbox::store::install_crypto();
         let resp = reqwest::get(format!("http://127.0.0.1:{}/", self.http_port)).await?;
         ensure!(
             resp.status().is_success(),
