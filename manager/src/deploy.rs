@@ -43,6 +43,13 @@ pub struct DeployOptions {
     pub timeout: f64,
 }
 
+/// A deploy plan from a YAML or JSON file.
+pub(crate) fn read_plan(file: &std::path::Path) -> Result<DeployPlan> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("plan {}: cannot read it", file.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))
+}
+
 /// The plan for `image` on agent `id`'s machine: the user's, or the default for the
 /// survey in its status; refused here with every problem before anything is sent.
 async fn plan_for(
@@ -51,17 +58,7 @@ async fn plan_for(
     id: &str,
     opts: &DeployOptions,
 ) -> Result<DeployPlan> {
-    let from_file = match &opts.plan {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("plan {}: cannot read it", file.display()))?;
-            Some(
-                serde_saphyr::from_str::<DeployPlan>(&text)
-                    .map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))?,
-            )
-        }
-        None => None,
-    };
+    let from_file = opts.plan.as_deref().map(read_plan).transpose()?;
     let fleet = crate::cli::fleet(config)?;
     let id = fleet.resolve(id).await?;
     checked_plan(

@@ -13,8 +13,8 @@ use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
 use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
-    Action, CommandPayload, Document, Heartbeat, Identity, MessagePayload, SCHEMA, Sealed, Signed,
-    Status, check_agent_id,
+    Action, CommandPayload, Document, Heartbeat, Identity, MessageBody, MessagePayload, Refusal,
+    SCHEMA, Sealed, Signed, Status, check_agent_id,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -322,14 +322,30 @@ impl Fleet {
         Ok(out)
     }
 
-    /// The first reply to a command, if there is one yet (collecting the mailbox).
+    /// The first answer to a command, if there is one yet (collecting the mailbox). A
+    /// refusal as a replay is no answer: the command ran, or runs, under that id (sent
+    /// again by another manager replica) and its answer comes.
     pub async fn reply_now(&self, agent: &str, command: &str) -> Result<Option<MessagePayload>> {
+        let answer = |m: &MessagePayload| {
+            m.in_reply_to.as_deref() == Some(command)
+                && !matches!(
+                    m.body,
+                    MessageBody::Refused {
+                        reason: Refusal::Replayed,
+                        ..
+                    }
+                )
+        };
         for r in self.collect(agent).await? {
-            if r.message.in_reply_to.as_deref() == Some(command) {
+            if answer(&r.message) {
                 return Ok(Some(r.message));
             }
         }
-        Ok(self.replies(agent, command).await?.into_iter().next())
+        Ok(self
+            .replies(agent, command)
+            .await?
+            .into_iter()
+            .find(|m| answer(m)))
     }
 
     /// Waits for the first reply to a command, collecting the mailbox meanwhile.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ferry_image::progress::size;
 use ferry_mailbox::time::now_ms;
-use ferry_model::deploy::DeployPlan;
 use ferry_model::job::{
     DeploySettings, EventKind, JobKind, JobSpec, JobState, JobStatus, Outcome, Step, StepStatus,
     TargetRef,
@@ -64,12 +63,6 @@ pub struct WatchOptions {
     pub timeout: f64,
 }
 
-fn read_plan(file: &PathBuf) -> Result<DeployPlan> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("plan {}: cannot read it", file.display()))?;
-    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("plan {}: {e}", file.display()))
-}
-
 /// `ferry migrate SOURCE --to TARGET`: makes a migrate job, then carries it on and
 /// shows its progress until it ends (unless `--detach`).
 pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions) -> Result<()> {
@@ -90,7 +83,11 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
         TargetRef::Agent(prefix) => TargetRef::Agent(fleet.resolve(&prefix).await?),
         other => other,
     };
-    let plan = opts.plan.as_ref().map(read_plan).transpose()?;
+    let plan = opts
+        .plan
+        .as_deref()
+        .map(crate::deploy::read_plan)
+        .transpose()?;
     let id = make(
         &fleet,
         JobKind::Migrate {

@@ -7,7 +7,7 @@ use ferry_mailbox::health::Health;
 use ferry_model::job::{
     EventKind, JobKind, JobState, Outcome, Step, StepState, StepStatus, TargetRef,
 };
-use ferry_model::protocol::{Action, AgentKind, MessageBody, Refusal};
+use ferry_model::protocol::{Action, AgentKind, MessageBody};
 use tracing::info;
 
 use super::Job;
@@ -97,24 +97,9 @@ async fn work_on(
     }))
 }
 
-/// The agent's answer to a command, if there is one yet (a refusal as a replay is no
-/// answer: the command ran, or runs, under that id and its answer comes).
+/// The agent's answer to a command, if there is one yet.
 async fn answer(fleet: &Fleet, agent: &str, command_id: &str) -> Result<Option<MessageBody>> {
-    fleet.collect(agent).await?;
-    Ok(fleet
-        .replies(agent, command_id)
-        .await?
-        .into_iter()
-        .map(|m| m.body)
-        .find(|b| {
-            !matches!(
-                b,
-                MessageBody::Refused {
-                    reason: Refusal::Replayed,
-                    ..
-                }
-            )
-        }))
+    Ok(fleet.reply_now(agent, command_id).await?.map(|m| m.body))
 }
 
 /// The event an agent's answer makes.
