@@ -1,5 +1,6 @@
 //! The manager's config (`ferry.yaml` in its data folder) and `ferry init`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,20 @@ pub struct ManagerConfig {
     /// The image library, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub library: Option<LibraryConfig>,
+    /// Whether `ferry serve` carries jobs on (off for a host that only serves the store).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub carry_jobs: bool,
+    /// Providers that make target machines, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, crate::providers::ProviderConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// Where images are kept, and how the manager and agents open the library.
@@ -107,6 +122,9 @@ impl ManagerConfig {
         config.key_file = base.join(&config.key_file);
         if let Some(lib) = &mut config.library {
             lib.password_file = base.join(&lib.password_file);
+        }
+        for p in config.providers.values_mut() {
+            p.resolve_paths(base);
         }
         Ok(config)
     }
@@ -253,6 +271,8 @@ pub fn init(opts: &InitOptions) -> Result<PathBuf> {
         agent_store_url: opts.agent_store_url.clone(),
         boot: opts.boot.clone(),
         library,
+        carry_jobs: true,
+        providers: BTreeMap::new(),
     };
     config.save(&path)?;
     Ok(path)

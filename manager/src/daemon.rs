@@ -53,7 +53,7 @@ pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) ->
     };
     let fleet = Arc::new(Fleet::new(store, config.keys()?));
     let scan = Duration::from_secs_f64(config.scan_secs.max(0.05));
-    let jobs_task = {
+    let jobs_task = config.carry_jobs.then(|| {
         let (config, fleet) = (config.clone(), fleet.clone());
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -62,12 +62,14 @@ pub async fn serve(config: ManagerConfig, shutdown: impl Future<Output = ()>) ->
             })
             .await
         })
-    };
+    });
     drop(stop_rx);
     watch_fleet(&fleet, scan, shutdown).await;
     info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = jobs_task.await;
+    if let Some(t) = jobs_task {
+        let _ = t.await;
+    }
     if let Some(t) = boot_task {
         t.await??;
     }

@@ -9,4 +9,5 @@ pub mod embedded;
 pub mod fleet;
 pub mod images;
 pub mod jobs;
+pub mod providers;
 pub mod tls;

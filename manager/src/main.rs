@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ferry_manager::bootserver::BootConfig;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
 use ferry_manager::jobs::cli::{MigrateOptions, WatchOptions};
+use ferry_manager::providers::{self, PowerAction};
 use ferry_manager::{cli, deploy, images};
 
 /// Ferry moves running Linux servers onto other servers through mailboxes on a store.
@@ -184,6 +185,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: JobCmd,
     },
+    /// List the machines the providers made, on or off.
+    Machines {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commands about one machine a provider made.
+    Machine {
+        #[command(subcommand)]
+        cmd: MachineCmd,
+    },
     /// List the images in the library.
     Images {
         /// Print JSON.
@@ -239,6 +251,28 @@ enum ImageCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MachineCmd {
+    /// Switch a machine on (from its disks) or off (at once), or reset it.
+    Power {
+        /// The machine's name (a migrate job makes it under the job's id).
+        name: String,
+        /// What to do.
+        action: PowerAction,
+        /// The provider holding it (default: the one that has it).
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Switch a machine off and remove it with its disks.
+    Delete {
+        /// The machine's name.
+        name: String,
+        /// The provider holding it (default: the one that has it).
+        #[arg(long)]
+        provider: Option<String>,
     },
 }
 
@@ -411,6 +445,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     JobCmd::Watch { id, opts } => jobs::watch(&config, &id, &opts).await,
                     JobCmd::Cancel { id } => jobs::cancel(&config, &id).await,
                     JobCmd::Retry { id, opts } => jobs::retry(&config, &id, &opts).await,
+                }
+            })
+        }
+        Cmd::Machines { json } => rt.block_on(providers::list(&load()?, json)),
+        Cmd::Machine { cmd } => {
+            let config = load()?;
+            rt.block_on(async {
+                match cmd {
+                    MachineCmd::Power {
+                        name,
+                        action,
+                        provider,
+                    } => {
+                        providers::holding(&config, &name, provider.as_deref())
+                            .await?
+                            .power(&name, action)
+                            .await
+                    }
+                    MachineCmd::Delete { name, provider } => {
+                        providers::holding(&config, &name, provider.as_deref())
+                            .await?
+                            .delete(&name)
+                            .await
+                    }
                 }
             })
         }

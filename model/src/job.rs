@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::{DeployPlan, StepTime};
 use crate::image::FsImage;
+use crate::machine::{Machine, MachineSpec, parse_mac};
 use crate::protocol::{Document, DocumentError, SCHEMA, check_object_id};
 
 /// Longest job id: a step's command id (`<job>-<step>-<attempt>`) must stay within
@@ -34,24 +35,17 @@ pub enum TargetRef {
     Mac(String),
     /// The ramdisk agent that boots on the machine with this SMBIOS system UUID.
     SystemUuid(String),
+    /// A machine a provider makes for the job; its ramdisk agent is known by a MAC.
+    New(Box<MachineSpec>),
 }
 
 impl TargetRef {
     /// Reads `mac=…`, `uuid=…` or an agent id (or its unique prefix, resolved later).
     pub fn parse(text: &str) -> Result<TargetRef, String> {
         if let Some(mac) = text.strip_prefix("mac=") {
-            let mac = mac.to_ascii_lowercase();
-            let ok = mac.len() == 17
-                && mac.split(':').count() == 6
-                && mac
-                    .split(':')
-                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
-            if !ok {
-                return Err(format!(
-                    "target {text:?}: a MAC is six pairs of hex digits, e.g. mac=52:54:00:12:34:56"
-                ));
-            }
-            return Ok(TargetRef::Mac(mac));
+            return parse_mac(mac)
+                .map(TargetRef::Mac)
+                .map_err(|e| format!("target {text:?}: {e}"));
         }
         if let Some(uuid) = text.strip_prefix("uuid=") {
             let ok = uuid.len() == 36
@@ -77,6 +71,12 @@ impl TargetRef {
         match self {
             TargetRef::Agent(id) => agent_id == id,
             TargetRef::Mac(mac) => fingerprint.macs.iter().any(|m| m.eq_ignore_ascii_case(mac)),
+            TargetRef::New(spec) => spec.nics.iter().any(|n| {
+                fingerprint
+                    .macs
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&n.mac))
+            }),
             TargetRef::SystemUuid(uuid) => fingerprint
                 .system_uuid
                 .as_deref()
@@ -91,6 +91,12 @@ impl std::fmt::Display for TargetRef {
             TargetRef::Agent(id) => write!(f, "agent {}", &id[..id.len().min(12)]),
             TargetRef::Mac(mac) => write!(f, "the machine with NIC {mac}"),
             TargetRef::SystemUuid(uuid) => write!(f, "the machine with SMBIOS UUID {uuid}"),
+            TargetRef::New(spec) => write!(
+                f,
+                "a new machine from provider {} (NIC {})",
+                spec.provider,
+                spec.macs().join(", ")
+            ),
         }
     }
 }
@@ -192,6 +198,12 @@ impl Document for JobSpec {
     fn validate(&self) -> Result<(), DocumentError> {
         check_job_id(&self.id).map_err(|d| Self::invalid("id", d))?;
         crate::image::check_image_name(self.image()).map_err(|d| Self::invalid("image", d))?;
+        if let Some(TargetRef::New(machine)) = self.target() {
+            let problems = machine.problems();
+            if !problems.is_empty() {
+                return Err(Self::invalid("target", problems.join("; ")));
+            }
+        }
         Ok(())
     }
 }
@@ -212,6 +224,22 @@ impl JobSpec {
             JobKind::Capture { .. } => "capture",
             JobKind::Deploy { .. } => "deploy",
             JobKind::Migrate { .. } => "migrate",
+        }
+    }
+
+    /// The machine that receives the image, for jobs that deploy.
+    pub fn target(&self) -> Option<&TargetRef> {
+        match &self.kind {
+            JobKind::Deploy { target, .. } | JobKind::Migrate { target, .. } => Some(target),
+            JobKind::Capture { .. } => None,
+        }
+    }
+
+    /// The agent captured, for jobs that capture.
+    pub fn source(&self) -> Option<&str> {
+        match &self.kind {
+            JobKind::Capture { source, .. } | JobKind::Migrate { source, .. } => Some(source),
+            JobKind::Deploy { .. } => None,
         }
     }
 
@@ -340,6 +368,11 @@ pub enum EventKind {
         /// The step run again.
         step: Step,
     },
+    /// A provider made (or found) the target's machine, which now boots the ramdisk.
+    Provisioned {
+        /// The machine.
+        machine: Machine,
+    },
     /// The user cancelled the job: no further command is sent.
     Cancelled {
         /// Who (user@host) asked.
@@ -460,6 +493,9 @@ pub struct JobState {
     /// When it ended (succeeded, failed or was cancelled), Unix ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_ms: Option<u64>,
+    /// The machine a provider made for the target, once made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
     /// Events that did not fit (an unknown step, a stale attempt), kept for the record.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
@@ -480,11 +516,21 @@ impl JobState {
             })
             .collect();
         let mut cancelled = None;
+        let mut machine = None;
         let mut ignored = Vec::new();
         for (i, event) in events.iter().enumerate() {
             let (step, attempt) = match &event.kind {
                 EventKind::Cancelled { .. } => {
                     cancelled.get_or_insert(event.at_ms);
+                    continue;
+                }
+                // The first machine made stands; a replica that raced to make it
+                // found the same one.
+                EventKind::Provisioned { machine: m } => {
+                    machine.get_or_insert_with(|| m.clone());
+                    if let Some(s) = steps.iter_mut().find(|s| s.step == Step::Target) {
+                        s.started_ms.get_or_insert(event.at_ms);
+                    }
                     continue;
                 }
                 EventKind::Sent { step, attempt, .. }
@@ -552,7 +598,7 @@ impl JobState {
                         ignored.push(format!("event {i}: retry of {step}, which had not failed"));
                     }
                 }
-                EventKind::Cancelled { .. } => {}
+                EventKind::Cancelled { .. } | EventKind::Provisioned { .. } => {}
             }
         }
         let failed = steps
@@ -579,6 +625,7 @@ impl JobState {
             status,
             steps,
             ended_ms,
+            machine,
             ignored,
         }
     }
@@ -847,6 +894,65 @@ mod tests {
             let e = TargetRef::parse(bad).unwrap_err();
             assert!(e.contains("target"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_made_machine_is_recorded_once_and_its_agent_found_by_mac() {
+        let spec: crate::machine::MachineSpec = serde_json::from_str(
+            r#"{"provider":"lab","disks":[{"size_gib":5}],"nics":[{"mac":"52:54:00:F0:00:31"}]}"#,
+        )
+        .expect("machine");
+        let mut job = migrate();
+        if let JobKind::Migrate { target, .. } = &mut job.kind {
+            *target = TargetRef::New(Box::new(spec.clone()));
+        }
+        job.validate().expect("valid");
+        let made = |created| crate::machine::Machine {
+            provider: "lab".into(),
+            name: job.id.clone(),
+            macs: spec.macs(),
+            created,
+            console: None,
+        };
+        let events = [
+            ev(
+                5,
+                EventKind::Provisioned {
+                    machine: made(true),
+                },
+            ),
+            ev(
+                6,
+                EventKind::Provisioned {
+                    machine: made(false),
+                },
+            ),
+        ];
+        let state = JobState::derive(&job, &events);
+        assert_eq!(state.machine, Some(made(true)));
+        let target = state.step(Step::Target).expect("target");
+        assert_eq!(
+            (&target.status, target.started_ms),
+            (&StepStatus::Pending, Some(5))
+        );
+        let fp = |mac: &str| Fingerprint {
+            macs: vec![mac.into()],
+            ..Default::default()
+        };
+        let t = job.target().expect("target");
+        assert!(t.matches("x", &fp("52:54:00:f0:00:31")));
+        assert!(!t.matches("x", &fp("52:54:00:f0:00:32")));
+        assert!(t.to_string().contains("provider lab"), "{t}");
+
+        // A spec the provider could not make is refused with the job.
+        if let JobKind::Migrate { target, .. } = &mut job.kind {
+            *target = TargetRef::New(Box::new(crate::machine::MachineSpec {
+                disks: Vec::new(),
+                ..spec
+            }));
+        }
+        let e = job.validate().expect_err("no disks");
+        assert!(e.to_string().contains("disks"), "{e}");
     }
 
     #[test]

@@ -3,5 +3,6 @@
 pub mod deploy;
 pub mod image;
 pub mod job;
+pub mod machine;
 pub mod protocol;
 pub mod survey;

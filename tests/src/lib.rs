@@ -4,6 +4,7 @@ pub mod bench;
 pub mod counting;
 pub mod debian;
 pub mod fidelity;
+pub mod netns;
 pub mod procs;
 pub mod servers;
 pub mod util;

@@ -161,3 +161,43 @@ pub fn start_agent(manager: &ferry_manager::config::ManagerConfig, dir: &Path) -
     )
     .expect("start agent")
 }
+
+/// `ferry` run inside network namespace `netns`, if given.
+pub fn ferry_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("ferry"));
+            c
+        }
+        None => Command::new(bin("ferry")),
+    }
+}
+
+/// `ferry init --data DATA ARGS…` (inside `netns` if given); the config file it wrote.
+pub fn ferry_init(netns: Option<&str>, data: &Path, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let out = ferry_command(netns)
+        .arg("init")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ferry init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(data.join("ferry.yaml"))
+}
+
+/// `ferry --config CONFIG serve` (inside `netns` if given), logged to `log`.
+pub fn ferry_serve(netns: Option<&str>, config: &Path, log: &Path) -> anyhow::Result<Proc> {
+    Proc::spawn(
+        "ferry serve",
+        ferry_command(netns)
+            .arg("--config")
+            .arg(config)
+            .arg("serve"),
+        log,
+    )
+}

@@ -10,6 +10,10 @@ use anyhow::{Context, Result, bail};
 use ferry_model::survey::Survey;
 use serde_json::Value;
 
+use ferry_manager::config::ManagerConfig;
+use ferry_manager::providers::ProviderConfig;
+use ferry_manager::providers::qemu::QemuConfig;
+
 use crate::procs::{Proc, bin};
 use crate::util::free_port;
 
@@ -57,9 +61,48 @@ pub fn ramdisk() -> Option<PathBuf> {
 
 /// A QEMU guest, ended (by its PID) when dropped.
 pub struct Qemu {
-    proc: Proc,
+    proc: Running,
     console: PathBuf,
     started: Instant,
+}
+
+/// The QEMU of a [`Qemu`].
+enum Running {
+    /// Started by the test.
+    Child(Proc),
+    /// Made by a manager's QEMU provider in this folder (daemonized; its pid in
+    /// `qemu.pid`), ended by its pid when the test is done with it.
+    Made(PathBuf),
+}
+
+impl Running {
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Running::Child(p) => p.try_wait(),
+            Running::Made(dir) => ferry_manager::providers::qemu::machine_pid(dir)
+                .is_none()
+                .then(|| std::process::ExitStatus::from_raw(0)),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Running::Child(p) => p.log(),
+            Running::Made(dir) => format!("a provider's machine in {}", dir.display()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Made(dir) = self
+            && let Some(pid) = ferry_manager::providers::qemu::machine_pid(dir)
+        {
+            use nix::sys::signal::{Signal, kill};
+            let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Creates an empty qcow2 disk of `size` (e.g. `1G`) unless `path` exists.
@@ -165,10 +208,20 @@ impl Qemu {
         cmd.args(args);
         let proc = Proc::spawn("qemu", &mut cmd, &work.join("qemu.log"))?;
         Ok(Qemu {
-            proc,
+            proc: Running::Child(proc),
             console: console.to_path_buf(),
             started: Instant::now(),
         })
+    }
+
+    /// The machine a manager's QEMU provider made in `dir` (ended by its pid when
+    /// dropped).
+    pub fn made(dir: &Path) -> Qemu {
+        Qemu {
+            proc: Running::Made(dir.to_path_buf()),
+            console: dir.join("console.log"),
+            started: Instant::now(),
+        }
     }
 
     /// The serial console so far.
@@ -227,6 +280,19 @@ impl Qemu {
     }
 }
 
+/// A QEMU provider for tests: TCG, machines in `dir`, run inside `netns` if given.
+pub fn qemu_provider(dir: &Path, netns: Option<&str>) -> ProviderConfig {
+    ProviderConfig::Qemu(QemuConfig {
+        dir: dir.to_path_buf(),
+        netns: netns.map(str::to_string),
+        binary: "qemu-system-x86_64".into(),
+        accel: "tcg".into(),
+        ovmf_code: OVMF_CODE.into(),
+        ovmf_vars: OVMF_VARS.into(),
+        boot_url: None,
+    })
+}
+
 /// A manager for guests: embedded store and boot server on the host's loopback (which
 /// guests reach as 10.0.2.2), or on 192.0.2.1 inside a network namespace.
 pub struct Manager {
@@ -245,6 +311,28 @@ impl Manager {
     /// `bind` the local address it binds (both 10.0.2.2 / 127.0.0.1 on QEMU's user
     /// network; 192.0.2.1 inside `netns`).
     pub fn start(work: &Path, netns: Option<&str>) -> Result<Manager> {
+        Self::start_with(work, netns, |_| {})
+    }
+
+    /// A manager whose `ferry serve` the caller runs (or none): its config file, and
+    /// the namespace its `ferry` commands run in.
+    pub fn attach(config: &Path, netns: Option<&str>, boot_url: &str) -> Manager {
+        Manager {
+            data: config.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            config: config.to_path_buf(),
+            serve: None,
+            netns: netns.map(str::to_string),
+            boot_url: boot_url.to_string(),
+        }
+    }
+
+    /// [`Manager::start`], with `edit` making changes to the config before `ferry
+    /// serve` starts (providers, say).
+    pub fn start_with(
+        work: &Path,
+        netns: Option<&str>,
+        edit: impl FnOnce(&mut ManagerConfig),
+    ) -> Result<Manager> {
         let (bind, host) = match netns {
             Some(_) => ("192.0.2.1", "192.0.2.1"),
             None => ("127.0.0.1", "10.0.2.2"),
@@ -282,6 +370,9 @@ impl Manager {
             "--boot-append",
             "panic=-1",
         ])?;
+        let mut config = ManagerConfig::load(&m.config)?;
+        edit(&mut config);
+        config.save(&m.config)?;
         let mut cmd = m.command();
         cmd.arg("serve");
         m.serve = Some(Proc::spawn(
@@ -320,6 +411,17 @@ impl Manager {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Runs a `ferry` subcommand on this terminal (progress bars and all).
+    pub fn ferry_live(&self, args: &[&str]) -> Result<()> {
+        let status = self
+            .command()
+            .args(args)
+            .status()
+            .context("running ferry")?;
+        anyhow::ensure!(status.success(), "ferry {} failed", args.join(" "));
+        Ok(())
     }
 
     /// Writes boot files (PXE tree and ISO) with this manager's agent config into `dir`.

@@ -13,9 +13,10 @@ use anyhow::{Context, Result, ensure};
 use ferry_model::deploy::{DeployPlan, StepTime};
 use serde_json::Value;
 
-use crate::debian::{WEB_MAC, web_source_disk};
+use crate::debian::{WEB_MAC, WEB_MARKER, web_source_disk};
 use crate::util::free_port;
-use crate::vm::{Manager, OVMF_CODE, OVMF_VARS, Qemu, machine_args, qcow2};
+use crate::vm::{Manager, OVMF_CODE, OVMF_VARS, Qemu, machine_args, qcow2, qemu_provider};
+use ferry_model::machine::{BootFrom, DiskSpec, MachineFirmware, MachineSpec, NicSpec};
 
 /// The firmware a VM boots with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,13 +65,25 @@ async fn source_vm(
     firmware: Firmware,
     image: &str,
 ) -> Result<(Qemu, String)> {
-    let disk = web_source_disk()?;
     let dir = work.join(format!("source-{image}"));
     std::fs::create_dir_all(&dir)?;
     let cd = m.agent_cd(&dir)?;
+    source_vm_in(m, &cd, &dir, firmware, None).await
+}
+
+/// [`source_vm`] with the agent's CD `cd`, in folder `dir`, QEMU run inside network
+/// namespace `netns` if given.
+pub async fn source_vm_in(
+    m: &Manager,
+    cd: &Path,
+    dir: &Path,
+    firmware: Firmware,
+    netns: Option<&str>,
+) -> Result<(Qemu, String)> {
+    let disk = web_source_disk()?;
     let console = dir.join("console.log");
     let mut args = machine_args(1, &console);
-    args.extend(firmware.args(&dir)?);
+    args.extend(firmware.args(dir)?);
     args.extend([
         "-drive".into(),
         format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
@@ -81,7 +94,7 @@ async fn source_vm(
         "-device".into(),
         format!("virtio-net-pci,netdev=n0,mac={WEB_MAC}"),
     ]);
-    let mut vm = Qemu::start(&dir, &console, &args, None)?;
+    let mut vm = Qemu::start(dir, &console, &args, netns)?;
     let (id, survey) = m
         .wait_survey(&mut vm, "installed", Duration::from_secs(600), |s| {
             s.hostname == "ferry-web"
@@ -128,8 +141,8 @@ pub async fn capture_source(
 pub struct Target {
     /// Its firmware.
     pub firmware: Firmware,
-    /// Sizes of its disks (`5G`), `vda` first.
-    pub disks: Vec<&'static str>,
+    /// Sizes of its disks in GiB, `vda` first.
+    pub disks: Vec<u32>,
     /// Its NIC's MAC.
     pub mac: &'static str,
 }
@@ -139,7 +152,7 @@ impl Target {
     pub fn larger_uefi() -> Target {
         Target {
             firmware: Firmware::Uefi,
-            disks: vec!["5G"],
+            disks: vec![5],
             mac: "52:54:00:f0:00:21",
         }
     }
@@ -155,6 +168,8 @@ pub struct Deployed {
     pub to_booted: f64,
     /// The host port QEMU forwards to the guest's 10.0.2.15:80.
     pub http_port: u16,
+    /// The network namespace QEMU runs in, if not the test's.
+    pub netns: Option<String>,
 }
 
 impl Deployed {
@@ -189,6 +204,22 @@ impl Deployed {
 
     /// GET / from the migrated system's nginx: the page.
     pub async fn http_get(&self) -> Result<String> {
+        if let Some(ns) = &self.netns {
+            // From the target's own data centre: nothing gets in from outside.
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "python3", "-c"])
+                .arg(format!(
+                    "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{}/', timeout=30).read().decode(), end='')",
+                    self.http_port
+                ))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "GET / in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Ok(String::from_utf8_lossy(&out.stdout).to_string());
+        }
         // reqwest's rustls is built without a provider of its own: the store's.
         ferry_mailbox::store::install_crypto();
         let resp = reqwest::get(format!("http://127.0.0.1:{}/", self.http_port)).await?;
@@ -220,7 +251,7 @@ fn target_vm(
     args.extend(target.firmware.args(&dir)?);
     for (i, size) in target.disks.iter().enumerate() {
         let disk = dir.join(format!("disk{i}.qcow2"));
-        qcow2(&disk, size)?;
+        qcow2(&disk, &format!("{size}G"))?;
         args.extend([
             "-drive".to_string(),
             format!("file={},if=virtio,format=qcow2", disk.display()),
@@ -291,53 +322,168 @@ pub async fn deploy_target(
         steps,
         to_booted: started.elapsed().as_secs_f64(),
         http_port,
+        netns: None,
     })
 }
 
-/// `ferry migrate`: boots the web server on `firmware`, starts `target` booting the
-/// ramdisk meanwhile, and migrates the one onto the other as a job matched to the
-/// target by its MAC (the manager's `ferry serve` and `ferry job watch` both carry
-/// it on); the source is switched off once captured. Returns the migrated target and
-/// the job as `ferry job watch --json` ends it.
+/// The provider [`manager`] configures.
+pub const PROVIDER: &str = "lab";
+
+/// A manager (embedded store, boot server) with a QEMU provider [`PROVIDER`] (TCG,
+/// machines in `work/machines`).
+pub fn manager(work: &Path) -> Result<Manager> {
+    Manager::start_with(work, None, |c| {
+        c.providers
+            .insert(PROVIDER.into(), qemu_provider(&work.join("machines"), None));
+    })
+}
+
+impl Target {
+    /// The machine spec that has [`PROVIDER`] make this target, its NIC's port 80
+    /// forwarded from `bind`:`http_port` of the provider's host (for the migrated
+    /// system's 10.0.2.15).
+    pub fn spec(&self, bind: &str, http_port: u16) -> MachineSpec {
+        MachineSpec {
+            provider: PROVIDER.into(),
+            cpus: 1,
+            memory_mib: 1024,
+            firmware: match self.firmware {
+                Firmware::Bios => MachineFirmware::Bios,
+                Firmware::Uefi => MachineFirmware::Uefi,
+            },
+            boot: BootFrom::Pxe,
+            disks: self
+                .disks
+                .iter()
+                .map(|&size_gib| DiskSpec { size_gib })
+                .collect(),
+            nics: vec![NicSpec {
+                mac: self.mac.into(),
+                forwards: vec![format!("tcp:{bind}:{http_port}-10.0.2.15:80")],
+            }],
+        }
+    }
+}
+
+/// Polls `ferry job show ID --json` until `done` holds for it, failing on a job that
+/// is no longer running.
+pub async fn wait_job(
+    m: &Manager,
+    job: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let shown: Value = serde_json::from_str(&m.ferry(&["job", "show", job, "--json"])?)?;
+        if done(&shown) {
+            return Ok(shown);
+        }
+        ensure!(shown["status"] == "running", "job {job}: {shown:#}");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "job {job}: not {what} within {timeout:?}: {shown:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// `ferry migrate SOURCE --to new=SPEC --image IMAGE --live --detach`, then waits for
+/// the provider to make the target machine; the job's id and the machine.
+pub async fn start_migration(
+    m: &Manager,
+    work: &Path,
+    source: &str,
+    spec: &MachineSpec,
+    image: &str,
+) -> Result<(String, Qemu)> {
+    let spec_file = work.join(format!("target-{image}.yaml"));
+    std::fs::write(&spec_file, serde_json::to_string(spec)?)?;
+    let to = format!("new={}", spec_file.display());
+    let job = m.ferry(&[
+        "migrate", source, "--to", &to, "--image", image, "--live", "--detach",
+    ])?;
+    let job = job.trim().to_string();
+    let shown = wait_job(m, &job, Duration::from_secs(300), "made its target", |j| {
+        j["machine"].is_object()
+    })
+    .await?;
+    let console = shown["machine"]["console"]
+        .as_str()
+        .context("the machine's console")?;
+    let dir = Path::new(console)
+        .parent()
+        .context("the machine's folder")?;
+    Ok((job, Qemu::made(dir)))
+}
+
+/// How [`migrate`] follows its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// `ferry job watch --json`, read by the caller.
+    Json,
+    /// `ferry job watch` on this terminal, with its progress bars and summary.
+    Terminal,
+}
+
+/// `ferry migrate … --to new=SPEC`: boots the web server on `firmware` and migrates
+/// it as a job onto `target`, a machine the manager's QEMU provider makes (it
+/// PXE-boots the ramdisk while the source is captured; the job knows its ramdisk agent
+/// by its MAC); the source is switched off once captured. `ferry serve` carries the
+/// job on, `ferry job watch` follows it. Returns the migrated target and the job as
+/// `ferry job watch --json` ends it.
 pub async fn migrate(
     m: &Manager,
     work: &Path,
     firmware: Firmware,
     target: &Target,
     image: &str,
+    follow: Follow,
 ) -> Result<(Deployed, Value)> {
-    let (source, id) = source_vm(m, work, firmware, image).await?;
-    let (mut vm, _, http_port) = target_vm(m, work, target, image)?;
-    let started = std::time::Instant::now();
-    let mac = format!("mac={}", target.mac);
-    let job = m.ferry(&[
-        "migrate", &id, "--to", &mac, "--image", image, "--live", "--detach",
-    ])?;
-    let job = job.trim().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
-    loop {
-        let shown: Value = serde_json::from_str(&m.ferry(&["job", "show", &job, "--json"])?)?;
-        ensure!(shown["status"] == "running", "job {job}: {shown:#}");
-        if shown["steps"][0]["status"]["state"] == "done" {
-            break;
+    let say = |what: &str| {
+        if follow == Follow::Terminal {
+            println!("{what}");
         }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "job {job} has not captured its source: {shown:#}"
-        );
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    say("starting the source: the web server (Debian 12, nginx) with its installed agent");
+    let (source, id) = source_vm(m, work, firmware, image).await?;
+    say(&format!(
+        "the source's agent {} reports; `ferry migrate` onto a new {} machine",
+        &id[..12],
+        target.firmware.name()
+    ));
+    let http_port = free_port();
+    let started = std::time::Instant::now();
+    let (job, mut vm) =
+        start_migration(m, work, &id, &target.spec("127.0.0.1", http_port), image).await?;
+    let out = match follow {
+        Follow::Json => {
+            wait_job(
+                m,
+                &job,
+                Duration::from_secs(1800),
+                "captured its source",
+                |j| j["steps"][0]["status"]["state"] == "done",
+            )
+            .await?;
+            drop(source);
+            m.ferry(&["job", "watch", &job, "--json", "--timeout", "3600"])
+        }
+        // The source runs on until the end (as it would until a cut-over).
+        Follow::Terminal => m
+            .ferry_live(&["job", "watch", &job, "--timeout", "3600"])
+            .and_then(|()| m.ferry(&["job", "show", &job, "--json"])),
     }
-    drop(source);
-    let out = m
-        .ferry(&["job", "watch", &job, "--json", "--timeout", "3600"])
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
-    let shown: Value = serde_json::from_str(&out).context("ferry job watch --json")?;
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+    let shown: Value = serde_json::from_str(&out).context("the job as JSON")?;
     let deploy = shown["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["step"] == "deploy"))
         .with_context(|| format!("no deploy step: {shown:#}"))?;
     let steps: Vec<StepTime> =
         serde_json::from_value(deploy["status"]["outcome"]["steps"].clone())?;
+    say("the target reboots into the migrated system…");
     vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
         .await
         .context("the migrated system's boot report")?;
@@ -347,7 +493,116 @@ pub async fn migrate(
             steps,
             to_booted: started.elapsed().as_secs_f64(),
             http_port,
+            netns: None,
         },
         shown,
     ))
+}
+
+/// What every migrated web server must show: booted by `firmware` under the source's
+/// name, the static address on the target's NIC `mac`, nginx's page from `/var`.
+pub async fn check_migrated(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
+    let tail = || d.vm.tail();
+    assert_eq!(
+        d.report("FERRY-BOOTED"),
+        vec![format!("ferry-web {}", firmware.name())],
+        "{}",
+        tail()
+    );
+    let (nic, nic_mac) = d
+        .nic_with("10.0.2.15/24")
+        .unwrap_or_else(|| panic!("no NIC holds 10.0.2.15/24:\n{}", tail()));
+    assert_eq!(
+        (nic.as_str(), nic_mac.as_str()),
+        ("eth0", mac),
+        "{}",
+        tail()
+    );
+    let page = d.http_get().await?;
+    ensure!(page.trim() == WEB_MARKER, "the page differs: {page}");
+    let steps: Vec<&str> = d.steps.iter().map(|s| s.step.as_str()).collect();
+    for step in ["wipe", "partition", "filesystems", "restore", "configure"] {
+        assert!(steps.contains(&step), "{step} not in {steps:?}");
+    }
+    eprintln!(
+        "deployed in {:.0} s, booted {:.0} s after `ferry deploy` started; steps: {}",
+        d.steps.iter().map(|s| s.millis).sum::<u64>() as f64 / 1000.0,
+        d.to_booted,
+        d.steps
+            .iter()
+            .map(|s| format!("{} {:.1} s", s.step, s.millis as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Seconds between two Unix-ms fields.
+fn secs_between(from: &Value, to: &Value) -> f64 {
+    to.as_u64()
+        .unwrap_or(0)
+        .saturating_sub(from.as_u64().unwrap_or(0)) as f64
+        / 1000.0
+}
+
+/// A migrate job's phases, from `ferry job show --json` at its end: (phase, seconds),
+/// the last one from `ferry migrate` to the migrated system's boot report
+/// (`to_booted`).
+pub fn phases(job: &Value, to_booted: f64) -> Result<Vec<(String, f64)>> {
+    let step = |name: &str| {
+        job["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["step"] == name))
+            .with_context(|| format!("no step {name} in {job:#}"))
+    };
+    let (capture, found, deploy) = (step("capture")?, step("target")?, step("deploy")?);
+    let created = &job["spec"]["created_ms"];
+    let mut out = vec![(
+        "capture (command sent → answer recorded)".to_string(),
+        secs_between(&capture["started_ms"], &capture["ended_ms"]),
+    )];
+    if let Some(made) = job["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["event"] == "provisioned"))
+    {
+        out.push((
+            "target machine made by the provider, from the job's start".into(),
+            secs_between(created, &made["at_ms"]),
+        ));
+    }
+    out.push((
+        "target's ramdisk agent found, from the job's start (meanwhile)".into(),
+        secs_between(created, &found["ended_ms"]),
+    ));
+    out.push((
+        "deploy (command sent → answer recorded)".into(),
+        secs_between(&deploy["started_ms"], &deploy["ended_ms"]),
+    ));
+    for s in deploy["status"]["outcome"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push((
+            format!("deploy: {}", s["step"].as_str().unwrap_or("?")),
+            s["millis"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        ));
+    }
+    out.push((
+        "job (made → deployed)".into(),
+        secs_between(created, &job["ended_ms"]),
+    ));
+    out.push((
+        "`ferry migrate` to the migrated system's boot report".into(),
+        to_booted,
+    ));
+    Ok(out)
+}
+
+/// Bytes a migrate job captured.
+pub fn captured_bytes(job: &Value) -> u64 {
+    job["steps"][0]["status"]["outcome"]["filesystems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["bytes"].as_u64()).sum())
+        .unwrap_or(0)
 }

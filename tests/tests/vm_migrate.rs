@@ -14,49 +14,13 @@ use anyhow::Result;
 use ferry_model::deploy::examples::{fs, mirror};
 use ferry_model::deploy::{DeployPlan, LvLayout, VgLayout};
 use ferry_model::survey::BootMode;
-use ferry_tests::debian::WEB_MARKER;
 use ferry_tests::vm::{Manager, ramdisk};
-use ferry_tests::webmove::{Deployed, Firmware, Target, capture_source, deploy_target, migrate};
+use ferry_tests::webmove::{
+    self, Deployed, Firmware, Follow, Target, capture_source, check_migrated, deploy_target,
+    migrate,
+};
 
 const GIB: u64 = 1 << 30;
-
-/// What every migrated web server must show: booted by `firmware` under the source's
-/// name, the static address on the target's NIC `mac`, nginx's page from `/var`.
-async fn check_common(d: &Deployed, firmware: Firmware, mac: &str) -> Result<()> {
-    let tail = || d.vm.tail();
-    assert_eq!(
-        d.report("FERRY-BOOTED"),
-        vec![format!("ferry-web {}", firmware.name())],
-        "{}",
-        tail()
-    );
-    let (nic, nic_mac) = d
-        .nic_with("10.0.2.15/24")
-        .unwrap_or_else(|| panic!("no NIC holds 10.0.2.15/24:\n{}", tail()));
-    assert_eq!(
-        (nic.as_str(), nic_mac.as_str()),
-        ("eth0", mac),
-        "{}",
-        tail()
-    );
-    let page = d.http_get().await?;
-    assert_eq!(page.trim(), WEB_MARKER);
-    let steps: Vec<&str> = d.steps.iter().map(|s| s.step.as_str()).collect();
-    for step in ["wipe", "partition", "filesystems", "restore", "configure"] {
-        assert!(steps.contains(&step), "{step} not in {steps:?}");
-    }
-    eprintln!(
-        "deployed in {:.0} s, booted {:.0} s after `ferry deploy` started; steps: {}",
-        d.steps.iter().map(|s| s.millis).sum::<u64>() as f64 / 1000.0,
-        d.to_booted,
-        d.steps
-            .iter()
-            .map(|s| format!("{} {:.1} s", s.step, s.millis as f64 / 1000.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
-}
 
 /// The size in MiB the report gives the filesystem at `mount`.
 fn size_mib(d: &Deployed, mount: &str) -> u64 {
@@ -75,9 +39,17 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
         return Ok(());
     }
     let work = tempfile::tempdir()?;
-    let m = Manager::start(work.path(), None)?;
+    let m = webmove::manager(work.path())?;
     let target = Target::larger_uefi();
-    let (d, job) = migrate(&m, work.path(), Firmware::Bios, &target, "web-bios").await?;
+    let (d, job) = migrate(
+        &m,
+        work.path(),
+        Firmware::Bios,
+        &target,
+        "web-bios",
+        Follow::Json,
+    )
+    .await?;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let matched = &job["steps"][1]["status"]["outcome"];
     assert_eq!(matched["result"], "matched", "{job:#}");
@@ -87,7 +59,7 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
         .map(|f| f.iter().filter_map(|f| f["path"].as_str()).collect())
         .unwrap_or_default();
     assert!(paths.contains(&"/") && paths.contains(&"/var"), "{job:#}");
-    check_common(&d, Firmware::Uefi, target.mac).await?;
+    check_migrated(&d, Firmware::Uefi, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
         mounts.iter().any(|l| l.starts_with("/ ext4 /dev/vda")),
@@ -150,11 +122,11 @@ async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Resul
     capture_source(&m, work.path(), Firmware::Uefi, "web-uefi").await?;
     let target = Target {
         firmware: Firmware::Bios,
-        disks: vec!["3G", "3G"],
+        disks: vec![3, 3],
         mac: "52:54:00:f0:00:22",
     };
     let d = deploy_target(&m, work.path(), &target, "web-uefi", mirrored).await?;
-    check_common(&d, Firmware::Bios, target.mac).await?;
+    check_migrated(&d, Firmware::Bios, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
         mounts.contains(&"/ ext4 /dev/mapper/vg0-root".to_string()),

@@ -10,8 +10,9 @@ use anyhow::{Result, bail};
 
 use crate::{deps, sh};
 
-/// Builds the binaries the guests and benches use, then runs the bench binary `name`.
-fn bench_bin(name: &str) -> Result<()> {
+/// Builds the binaries the guests and benches use, then runs the tests crate's program
+/// `name` (a bench, the demo).
+pub fn tests_bin(name: &str) -> Result<()> {
     sh::build_bins()?;
     sh::run(Command::new("cargo").current_dir(sh::root()).args([
         "run",
@@ -45,7 +46,7 @@ fn release_bin(name: &str, env: &[(&str, OsString)], rest: &[&str]) -> Result<()
 
 /// What a bench with guests needs: the Debian packages, and a ramdisk (built when
 /// there is none).
-fn guest_prerequisites() -> Result<()> {
+pub fn guest_prerequisites() -> Result<()> {
     deps::ensure()?;
     if !sh::root().join("target/ferry/vmlinux").is_file() {
         crate::ramdisk::run(&["--level", "3"])?;
@@ -68,11 +69,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             deps::ensure()?;
             // The real artifact: all drivers, zstd -19.
             crate::ramdisk::run(rest)?;
-            bench_bin("bench-ramdisk")
+            tests_bin("bench-ramdisk")
         }
         ["survey"] => {
             guest_prerequisites()?;
-            bench_bin("bench-survey")
+            tests_bin("bench-survey")
         }
         ["image"] => {
             deps::ensure()?;
@@ -96,11 +97,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
         ["deploy"] => {
             guest_prerequisites()?;
-            bench_bin("bench-deploy")
+            tests_bin("bench-deploy")
         }
         ["migrate"] => {
             guest_prerequisites()?;
-            bench_bin("bench-migrate")
+            tests_bin("bench-migrate")
         }
         _ => bail!(
             "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy\n       cargo xtask bench migrate"

@@ -1,6 +1,10 @@
-//! `cargo xtask demo`: Ferry's main job on embedded defaults, in one command. Starts an
-//! embedded store and a manager, starts three local agents, waits until all are healthy,
-//! prints the fleet, pings each through its mailbox, then stops everything it started.
+//! `cargo xtask demo`: Ferry's main job on embedded defaults, in one command — a
+//! migration of a Debian web server VM onto a new VM (the `demo-migrate` program of
+//! the tests crate, after the prerequisites and the ramdisk).
+//!
+//! `cargo xtask demo fleet`: the control plane alone, in seconds. Starts an embedded
+//! store and a manager, starts three local agents, waits until all are healthy, prints
+//! the fleet, pings each through its mailbox, then stops everything it started.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -53,7 +57,14 @@ fn ferry(bin: &Path, config: &Path) -> Command {
     c
 }
 
-/// Runs the demo.
+/// Runs the migration demo: prerequisites (Debian packages, the ramdisk), then the
+/// `demo-migrate` program.
+pub fn migration() -> Result<()> {
+    crate::bench::guest_prerequisites()?;
+    crate::bench::tests_bin("demo-migrate")
+}
+
+/// Runs the fleet demo.
 pub fn run() -> Result<()> {
     sh::run(Command::new("cargo").current_dir(sh::root()).args([
         "build",

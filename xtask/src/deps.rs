@@ -89,6 +89,19 @@ pub fn ensure() -> Result<Tools> {
         if missing.is_empty() {
             continue;
         }
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if !root {
+            anyhow::bail!(
+                "Debian packages {} are missing and installing them needs root: run \
+                 `sudo apt-get update && sudo apt-get install -y --no-install-recommends {}` \
+                 (or this command as root)",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
         eprintln!("xtask: installing Debian packages {}", missing.join(" "));
         if !updated {
             sh::quiet(Command::new("apt-get").args(["update", "-qq"]))?;

@@ -12,7 +12,9 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  demo            start an embedded store, a manager and three agents; show and ping them
+  demo            Ferry's main job: `ferry migrate` of a Debian web server VM onto a new
+                  VM on embedded defaults (QEMU TCG, ~25 min; caches its builds)
+  demo fleet      start an embedded store, a manager and three agents; show and ping them
   test            install what the tests need, then run every suite
   vm-test         build the ramdisk, then run the QEMU suites only
   deps            only install what the tests need
@@ -36,7 +38,8 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["demo"] => demo::run(),
+        ["demo"] => demo::migration(),
+        ["demo", "fleet"] => demo::run(),
         ["test", rest @ ..] => test::run(rest),
         ["vm-test", rest @ ..] => test::vm(rest),
         ["deps"] => deps::ensure().map(|_| ()),

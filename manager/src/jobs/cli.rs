@@ -13,6 +13,7 @@ use ferry_model::job::{
     DeploySettings, EventKind, JobKind, JobSpec, JobState, JobStatus, Outcome, Step, StepStatus,
     TargetRef,
 };
+use ferry_model::machine::MachineSpec;
 use ferry_model::protocol::SCHEMA;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -23,8 +24,10 @@ use crate::fleet::Fleet;
 /// Options of `ferry migrate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateOptions {
-    /// The target: a ramdisk agent's id (or prefix), or the machine that will boot
-    /// Ferry's ramdisk, as mac=AA:BB:CC:DD:EE:FF or uuid=SMBIOS-UUID.
+    /// The target: a ramdisk agent's id (or prefix); the machine that will boot
+    /// Ferry's ramdisk, as mac=AA:BB:CC:DD:EE:FF or uuid=SMBIOS-UUID; or a machine a
+    /// provider makes, as new=FILE (a machine spec in YAML: provider, cpus,
+    /// memory_mib, firmware, boot, disks, nics).
     #[arg(long = "to")]
     pub to: String,
     /// The image to capture into (default: the source's host name).
@@ -66,7 +69,7 @@ pub struct WatchOptions {
 /// `ferry migrate SOURCE --to TARGET`: makes a migrate job, then carries it on and
 /// shows its progress until it ends (unless `--detach`).
 pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions) -> Result<()> {
-    let target = TargetRef::parse(&opts.to).map_err(|e| anyhow::anyhow!(e))?;
+    let target = parse_target(config, &opts.to)?;
     let fleet = crate::cli::fleet(config)?;
     let source = fleet.resolve(source).await?;
     let view = fleet.view(&source).await?;
@@ -108,6 +111,25 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
         return Ok(());
     }
     follow(config, &fleet, &id, &opts.watch).await
+}
+
+/// Reads `--to`: what [`TargetRef::parse`] reads, or `new=FILE` with a machine spec
+/// for one of this manager's providers.
+pub fn parse_target(config: &ManagerConfig, text: &str) -> Result<TargetRef> {
+    let Some(file) = text.strip_prefix("new=") else {
+        return TargetRef::parse(text).map_err(|e| anyhow::anyhow!(e));
+    };
+    let yaml = std::fs::read_to_string(file)
+        .with_context(|| format!("reading machine spec {file} (given as --to new={file})"))?;
+    let spec: MachineSpec = serde_saphyr::from_str(&yaml)
+        .map_err(|e| anyhow::anyhow!("machine spec {file} is not valid: {e}"))?;
+    let problems = spec.problems();
+    if !problems.is_empty() {
+        bail!("machine spec {file}: {}", problems.join("; "));
+    }
+    crate::providers::open(config, &spec.provider)
+        .with_context(|| format!("machine spec {file}"))?;
+    Ok(TargetRef::New(Box::new(spec)))
 }
 
 /// `ferry capture AGENT --image NAME --detach`: makes a capture job; its id.
@@ -418,6 +440,17 @@ fn event_line(job: &Job, event: &ferry_model::job::JobEvent) -> String {
         EventKind::Failed { step, error, .. } => format!("{step}: failed: {error}"),
         EventKind::Retried { step } => format!("{step}: retried"),
         EventKind::Cancelled { by } => format!("cancelled by {by}"),
+        EventKind::Provisioned { machine } => format!(
+            "target: machine {} {} by provider {} (NIC {}), booting the ramdisk",
+            machine.name,
+            if machine.created {
+                "made"
+            } else {
+                "found made"
+            },
+            machine.provider,
+            machine.macs.join(", ")
+        ),
     };
     format!("[{at:>8}] {what}")
 }
@@ -504,7 +537,20 @@ pub fn summary(job: &Job, state: &JobState) -> String {
                         out.push_str("           the target reboots into the deployed system\n");
                     }
                 }
-                Outcome::Matched { .. } => {}
+                Outcome::Matched { .. } => {
+                    if let Some(m) = &state.machine {
+                        out.push_str(&format!(
+                            "           on machine {} that provider {} {}{}\n",
+                            m.name,
+                            m.provider,
+                            if m.created { "made" } else { "had made" },
+                            m.console
+                                .as_deref()
+                                .map(|c| format!(" (console {c})"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                }
             }
         }
     }
@@ -521,6 +567,7 @@ fn show_json(job: &Job, state: &JobState) -> serde_json::Value {
         "status": state.status,
         "steps": state.steps,
         "ended_ms": state.ended_ms,
+        "machine": state.machine,
         "events": job.events,
         "problems": job.problems.iter().chain(&state.ignored).collect::<Vec<_>>(),
     })

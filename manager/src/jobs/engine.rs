@@ -60,14 +60,10 @@ async fn work_on(
             .map(|body| event_for(s, attempt, agent, body)));
     }
     let command_id = s.command_id(&job.spec.id, attempt);
-    let source = match &job.spec.kind {
-        JobKind::Capture { source, .. } | JobKind::Migrate { source, .. } => Some(source),
-        JobKind::Deploy { .. } => None,
-    };
     // A replica that sent the command and stopped before recording it: its answer
     // may already be in.
     let agent = match s {
-        Step::Capture => source.cloned(),
+        Step::Capture => job.spec.source().map(str::to_string),
         Step::Deploy => state.target_agent().map(str::to_string),
         Step::Target => None,
     };
@@ -77,7 +73,7 @@ async fn work_on(
         return Ok(Some(event_for(s, attempt, agent, body)));
     }
     let sent = match s {
-        Step::Target => return find_target(fleet, job).await,
+        Step::Target => return find_target(config, fleet, job, state, attempt).await,
         Step::Capture => send_capture(config, fleet, job, &command_id).await,
         Step::Deploy => send_deploy(config, fleet, job, state, &command_id).await,
     };
@@ -141,12 +137,39 @@ fn event_for(step: Step, attempt: u32, agent: &str, body: MessageBody) -> EventK
 }
 
 /// The target's ramdisk agent, when it is online: by id, or the newest ramdisk agent
-/// on the machine with the spec's MAC or SMBIOS UUID.
-async fn find_target(fleet: &Fleet, job: &Job) -> Result<Option<EventKind>> {
-    let target = match &job.spec.kind {
-        JobKind::Deploy { target, .. } | JobKind::Migrate { target, .. } => target,
-        JobKind::Capture { .. } => return Ok(None),
+/// on the machine with the spec's MAC or SMBIOS UUID. A machine a provider is to make
+/// is made first (by whichever replica has that provider).
+async fn find_target(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    job: &Job,
+    state: &JobState,
+    attempt: u32,
+) -> Result<Option<EventKind>> {
+    let Some(target) = job.spec.target() else {
+        return Ok(None);
     };
+    if let TargetRef::New(spec) = target
+        && state.machine.is_none()
+    {
+        // A replica without the provider leaves the machine to one that has it.
+        if !config.providers.contains_key(&spec.provider) {
+            return Ok(None);
+        }
+        let made = async {
+            crate::providers::open(config, &spec.provider)?
+                .ensure(&job.spec.id, spec)
+                .await
+        };
+        return Ok(Some(match made.await {
+            Ok(machine) => EventKind::Provisioned { machine },
+            Err(e) => EventKind::Failed {
+                step: Step::Target,
+                attempt,
+                error: format!("provider {}: {e:#}", spec.provider),
+            },
+        }));
+    }
     let candidates = match target {
         TargetRef::Agent(prefix) => match fleet.resolve(prefix).await {
             Ok(id) => vec![fleet.view(&id).await?],
@@ -162,7 +185,7 @@ async fn find_target(fleet: &Fleet, job: &Job) -> Result<Option<EventKind>> {
         .max_by_key(|i| i.created_ms);
     Ok(found.map(|i| EventKind::Done {
         step: Step::Target,
-        attempt: 1,
+        attempt,
         outcome: Outcome::Matched { agent: i.agent_id },
     }))
 }
