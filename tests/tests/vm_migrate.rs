@@ -4,21 +4,39 @@
 //! other disks and another MAC. The target reboots from its own disk into the migrated
 //! system, which reports how it came up on the console and serves the source's page
 //! on its new NIC.
-//! - BIOS source → UEFI target with a larger disk, by `ferry migrate`: a job that
-//!   captures the source while the target PXE-boots, finds the target by its MAC and
-//!   deploys the default plan;
+//! - BIOS source → UEFI target with a larger disk, by `ferry migrate` across
+//!   firewalls that only let connections out. Four hosts as network namespaces on one
+//!   bridge: the store's host runs the embedded store (`ferry serve`, carrying no
+//!   jobs); the manager's host runs two `ferry serve` replicas with their boot
+//!   servers, its firewall dropping every inbound connection but to those; the source
+//!   data centre holds the web server with its installed agent, and the target data
+//!   centre is the QEMU provider's hypervisor host, both dropping every inbound
+//!   connection. The job captures the source live while the provider makes the target
+//!   VM, which PXE-boots the ramdisk by connecting out; it finds the target's agent by
+//!   its MAC and deploys the default plan. One replica is killed in the middle of the
+//!   deploy; the other finishes the job, and the target's agent ran the deploy once.
+//!   The migrated system's nginx serves the page inside the target data centre, and
+//!   nothing from the manager's or the source's host gets in there;
 //! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from
 //!   the default one), where the source had one plain disk.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use ferry_manager::bootserver::BootConfig;
+use ferry_manager::config::ManagerConfig;
+use ferry_model::deploy::StepTime;
 use ferry_model::deploy::examples::{fs, mirror};
 use ferry_model::deploy::{DeployPlan, LvLayout, VgLayout};
 use ferry_model::survey::BootMode;
-use ferry_tests::vm::{Manager, ramdisk};
+use ferry_tests::netns::{Net, OUTBOUND_ONLY, outbound_only_but, tools_missing};
+use ferry_tests::procs::{Proc, ferry_init, ferry_serve};
+use ferry_tests::util::missing;
+use ferry_tests::vm::{Manager, qemu_provider, ramdisk, ramdisk_dir};
 use ferry_tests::webmove::{
-    self, Deployed, Firmware, Follow, Target, capture_source, check_migrated, deploy_target,
-    migrate,
+    Deployed, Firmware, PROVIDER, Target, capture_source, check_migrated, deploy_target,
+    source_vm_in, start_migration, wait_job,
 };
+use serde_json::Value;
+use std::time::Duration;
 
 const GIB: u64 = 1 << 30;
 
@@ -33,23 +51,9 @@ fn size_mib(d: &Deployed, mount: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page() -> Result<()> {
-    if ramdisk().is_none() {
-        return Ok(());
-    }
-    let work = tempfile::tempdir()?;
-    let m = webmove::manager(work.path())?;
-    let target = Target::larger_uefi();
-    let (d, job) = migrate(
-        &m,
-        work.path(),
-        Firmware::Bios,
-        &target,
-        "web-bios",
-        Follow::Json,
-    )
-    .await?;
+/// What the BIOS web server migrated onto [`Target::larger_uefi`] must show, with
+/// the job as it ended.
+async fn check_larger_uefi(d: &Deployed, job: &Value, target: &Target) -> Result<()> {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let matched = &job["steps"][1]["status"]["outcome"];
     assert_eq!(matched["result"], "matched", "{job:#}");
@@ -59,7 +63,7 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
         .map(|f| f.iter().filter_map(|f| f["path"].as_str()).collect())
         .unwrap_or_default();
     assert!(paths.contains(&"/") && paths.contains(&"/var"), "{job:#}");
-    check_migrated(&d, Firmware::Uefi, target.mac).await?;
+    check_migrated(d, Firmware::Uefi, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
         mounts.iter().any(|l| l.starts_with("/ ext4 /dev/vda")),
@@ -70,7 +74,7 @@ async fn a_bios_web_server_moves_onto_a_larger_uefi_machine_and_serves_its_page(
         "{mounts:?}"
     );
     // The root took the larger disk's room (the source's was 2 GiB).
-    assert!(size_mib(&d, "/") > 3000, "{:?}", d.report("FERRY-DF"));
+    assert!(size_mib(d, "/") > 3000, "{:?}", d.report("FERRY-DF"));
     Ok(())
 }
 
@@ -142,5 +146,195 @@ async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Resul
             .any(|l| l.contains("active raid1") && l.contains("vda2") && l.contains("vdb2")),
         "{md:?}"
     );
+    Ok(())
+}
+
+/// Hosts of the [`Net`].
+const STORE: usize = 0;
+const MANAGER: usize = 1;
+const SOURCE_DC: usize = 2;
+const TARGET_DC: usize = 3;
+/// The replicas' boot servers.
+const BOOT_PORTS: [u16; 2] = [8081, 8082];
+/// The target data centre's port forwarded to the migrated system's nginx.
+const HTTP_PORT: u16 = 8080;
+
+/// How many times the console shows the agent starting command `id`.
+fn runs(console: &str, id: &str) -> usize {
+    console
+        .lines()
+        .filter(|l| l.contains("running command") && l.contains(id))
+        .count()
+}
+
+#[tokio::test]
+async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_a_replica_dies()
+-> Result<()> {
+    if ramdisk().is_none() {
+        return Ok(());
+    }
+    if let Some(tool) = tools_missing() {
+        missing(tool);
+        return Ok(());
+    }
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let net = Net::create("d", 9, &["st", "mg", "sd", "td"])?;
+    net.firewall(SOURCE_DC, OUTBOUND_ONLY)?;
+    net.firewall(TARGET_DC, OUTBOUND_ONLY)?;
+    net.firewall(MANAGER, &outbound_only_but(&BOOT_PORTS))?;
+    let (store_ip, manager_ip) = (net.addr(STORE), net.addr(MANAGER));
+
+    // The store's host: the embedded store alone.
+    let data = w.join("store");
+    let host_path = ferry_init(
+        Some(net.ns(STORE)),
+        &data,
+        &[
+            "--listen",
+            &format!("{store_ip}:7443"),
+            "--agent-heartbeat",
+            "2",
+            "--agent-poll",
+            "1",
+        ],
+    )?;
+    let host = ManagerConfig {
+        carry_jobs: false,
+        ..ManagerConfig::load(&host_path)?
+    };
+    host.save(&host_path)?;
+    let _store = ferry_serve(Some(net.ns(STORE)), &host_path, &w.join("store.log"))?;
+
+    // Two manager replicas on the manager's host, each with a boot server and the
+    // QEMU provider whose hypervisor is the target data centre.
+    let replica = |i: usize| -> Result<(std::path::PathBuf, Proc)> {
+        let path = data.join(format!("replica-{i}.yaml"));
+        let url = format!("http://{manager_ip}:{}/boot/", BOOT_PORTS[i]);
+        let mut config = ManagerConfig {
+            embedded: None,
+            carry_jobs: true,
+            scan_secs: 1.0,
+            boot: Some(BootConfig {
+                listen: format!("{manager_ip}:{}", BOOT_PORTS[i]).parse()?,
+                dir: ramdisk_dir(),
+                url,
+                append: "panic=-1".into(),
+            }),
+            ..host.clone()
+        };
+        config.providers.insert(
+            PROVIDER.into(),
+            qemu_provider(&w.join("machines"), Some(net.ns(TARGET_DC))),
+        );
+        config.save(&path)?;
+        let serve = ferry_serve(
+            Some(net.ns(MANAGER)),
+            &path,
+            &w.join(format!("replica-{i}.log")),
+        )?;
+        Ok((path, serve))
+    };
+    let (first_path, mut first) = replica(0)?;
+    let (second_path, second) = replica(1)?;
+    let m = Manager::attach(&first_path, Some(net.ns(MANAGER)), "");
+    let m2 = Manager::attach(&second_path, Some(net.ns(MANAGER)), "");
+
+    // The source data centre: the web server with its installed agent (its config
+    // from the store's host: the agent credential).
+    let source_dir = w.join("source");
+    std::fs::create_dir_all(&source_dir)?;
+    let cd = Manager::attach(&host_path, Some(net.ns(STORE)), "").agent_cd(&source_dir)?;
+    let (source, source_id) = source_vm_in(
+        &m,
+        &cd,
+        &source_dir,
+        Firmware::Bios,
+        Some(net.ns(SOURCE_DC)),
+    )
+    .await?;
+
+    // ferry migrate onto a machine the provider makes in the target data centre.
+    let target = Target::larger_uefi();
+    let started = std::time::Instant::now();
+    let (job, vm) =
+        start_migration(&m, w, &source_id, &target.spec("0.0.0.0", HTTP_PORT), "web").await?;
+    let listed: Value = serde_json::from_str(&m.ferry(&["machines", "--json"])?)?;
+    assert_eq!(listed[0]["machine"]["name"], job.as_str(), "{listed:#}");
+    assert_eq!(listed[0]["running"], true, "{listed:#}");
+
+    wait_job(
+        &m,
+        &job,
+        Duration::from_secs(1800),
+        "captured its source",
+        |j| j["steps"][0]["status"]["state"] == "done",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+    drop(source);
+
+    // The first replica dies in the middle of the deploy; the second finishes it.
+    wait_job(&m2, &job, Duration::from_secs(900), "deploying", |j| {
+        j["steps"][2]["status"]["state"] == "running"
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    first.kill_hard();
+    let killed_ms = ferry_mailbox::time::now_ms();
+    let shown = wait_job(&m2, &job, Duration::from_secs(3600), "finished", |j| {
+        j["status"] != "running"
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+    assert_eq!(shown["status"], "succeeded", "{shown:#}\n{}", vm.tail());
+    let deploy = &shown["steps"][2];
+    assert!(
+        deploy["ended_ms"].as_u64() > Some(killed_ms),
+        "the deploy must end after the first replica died: {shown:#}"
+    );
+    assert_eq!(deploy["attempt"], 1, "{shown:#}");
+    let command_id = format!("{job}-deploy-1");
+    let sends: Vec<&Value> = shown["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter(|e| e["event"] == "sent" && e["step"] == "deploy")
+        .collect();
+    assert!(
+        !sends.is_empty() && sends.iter().all(|e| e["command_id"] == command_id.as_str()),
+        "every send of the deploy is one command: {sends:#?}"
+    );
+    assert!(second.log().contains("job event"), "{}", second.log());
+
+    let mut d = Deployed {
+        vm,
+        steps: serde_json::from_value::<Vec<StepTime>>(
+            deploy["status"]["outcome"]["steps"].clone(),
+        )?,
+        to_booted: 0.0,
+        http_port: HTTP_PORT,
+        netns: Some(net.ns(TARGET_DC).to_string()),
+    };
+    d.vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
+        .await
+        .context("the migrated system's boot report")?;
+    d.to_booted = started.elapsed().as_secs_f64();
+    // The ramdisk agent ran the deploy once, whichever replica sent it.
+    assert_eq!(runs(&d.vm.console(), &command_id), 1, "{}", d.vm.tail());
+    check_larger_uefi(&d, &shown, &target).await?;
+
+    // The firewalls are real: the page is served inside the target data centre, and
+    // nothing from the manager's or the source's host gets in there.
+    let target_ip = net.addr(TARGET_DC);
+    assert!(net.connects(TARGET_DC, "127.0.0.1", HTTP_PORT));
+    assert!(!net.connects(MANAGER, &target_ip, HTTP_PORT));
+    assert!(!net.connects(SOURCE_DC, &target_ip, HTTP_PORT));
+    eprintln!(
+        "migrated across the firewalls in {:.0} s (command to the migrated system's report)",
+        d.to_booted
+    );
+    drop(second);
     Ok(())
 }
