@@ -20,6 +20,25 @@ pub fn parse_mac(text: &str) -> Result<String, String> {
     }
 }
 
+/// Whether `text` is a port forward `tcp|udp:[IPv4]:PORT-[IPv4]:PORT` and nothing
+/// else (it ends up in a provider's command line).
+fn is_forward(text: &str) -> bool {
+    let end = |part: &str| {
+        let Some((addr, port)) = part.rsplit_once(':') else {
+            return false;
+        };
+        let addr_ok = addr.is_empty() || addr.parse::<std::net::Ipv4Addr>().is_ok();
+        addr_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+    };
+    let Some((proto, rest)) = text.split_once(':') else {
+        return false;
+    };
+    let Some((host, guest)) = rest.split_once('-') else {
+        return false;
+    };
+    matches!(proto, "tcp" | "udp") && end(host) && end(guest)
+}
+
 /// The firmware a made machine boots with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,9 +150,10 @@ impl MachineSpec {
                 Err(e) => out.push(format!("nics[{i}].mac: {e}")),
             }
             for f in &n.forwards {
-                if !(f.starts_with("tcp:") || f.starts_with("udp:")) || !f.contains('-') {
+                if !is_forward(f) {
                     out.push(format!(
-                        "nics[{i}].forwards: {f:?} is not a forward like tcp:127.0.0.1:8080-:80"
+                        "nics[{i}].forwards: {f:?} is not a forward like tcp:127.0.0.1:8080-:80 \
+                         (tcp or udp, then [IPv4]:port-[IPv4]:port)"
                     ));
                 }
             }
@@ -198,7 +218,11 @@ mod tests {
         });
         s.nics.push(NicSpec {
             mac: "nope".into(),
-            forwards: Vec::new(),
+            forwards: vec![
+                "tcp:1-2,guestfwd=tcp:10.0.2.100:1-cmd:sh".into(),
+                "tcp::8080-10.0.2.15:80".into(),
+                "udp:0.0.0.0:53-:53".into(),
+            ],
         });
         let p = s.problems();
         for field in [
@@ -208,9 +232,16 @@ mod tests {
             "nics[1].mac: 52:54:00:aa:00:01 is given twice",
             "nics[1].forwards",
             "nics[2].mac",
+            "nics[2].forwards: \"tcp:1-2,guestfwd",
         ] {
             assert!(p.iter().any(|l| l.starts_with(field)), "{field}: {p:?}");
         }
+        // Well-formed forwards are no problem.
+        assert_eq!(
+            p.iter().filter(|l| l.contains("forwards")).count(),
+            2,
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -525,7 +525,7 @@ pub async fn check_migrated(d: &Deployed, firmware: Firmware, mac: &str) -> Resu
         assert!(steps.contains(&step), "{step} not in {steps:?}");
     }
     eprintln!(
-        "deployed in {:.0} s, booted {:.0} s after `ferry deploy` started; steps: {}",
+        "deployed in {:.0} s, booted {:.0} s after `ferry deploy` or `ferry migrate` started; steps: {}",
         d.steps.iter().map(|s| s.millis).sum::<u64>() as f64 / 1000.0,
         d.to_booted,
         d.steps

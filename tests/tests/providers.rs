@@ -1,5 +1,5 @@
-//! The QEMU provider with real QEMU: a machine is made once however often a replica
-//! asks, outlives nothing it should not, is switched off, on and reset, listed, and
+//! The QEMU provider with real QEMU: a machine is made once when asked again (as a
+//! second replica would), is switched off, on (from its disks) and reset, listed, and
 //! deleted with its disks; bad machine specs and unknown providers are named before
 //! anything is made.
 
@@ -91,6 +91,8 @@ async fn a_qemu_machine_is_made_once_powered_listed_and_deleted() {
         .await
         .expect("ensure");
     assert!(made.created, "{made:?}");
+    // Ended by its pid however the test ends.
+    let _vm = ferry_tests::vm::Qemu::made(&d.join("machines/job-1"));
     assert_eq!(made.macs, vec!["52:54:00:3e:00:01"]);
     let again = lab
         .ensure("job-1", &spec(MachineFirmware::Uefi))

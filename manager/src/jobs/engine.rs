@@ -177,11 +177,21 @@ async fn find_target(
         },
         _ => fleet.scan().await?,
     };
+    // A made machine's agent is younger than the machine (a minute's slack for
+    // clocks): an older ramdisk agent with one of its MACs is another machine's.
+    let since = match target {
+        TargetRef::New(_) => state
+            .step(Step::Target)
+            .and_then(|s| s.started_ms)
+            .map(|t| t.saturating_sub(60_000)),
+        _ => None,
+    };
     let found = candidates
         .into_iter()
         .filter(|v| v.health == Health::Online)
         .filter_map(|v| v.identity)
         .filter(|i| i.kind == AgentKind::Ramdisk && target.matches(&i.agent_id, &i.fingerprint))
+        .filter(|i| since.is_none_or(|t| i.created_ms >= t))
         .max_by_key(|i| i.created_ms);
     Ok(found.map(|i| EventKind::Done {
         step: Step::Target,

@@ -4,8 +4,10 @@
 //! engine then knows the machine's ramdisk agent by a NIC's MAC.
 //!
 //! A provider's `ensure` is idempotent by name: every manager replica may call it for
-//! the same job, and the machine is made once. QEMU is the first provider; libvirt
-//! and clouds implement the same trait.
+//! the same job, and the machine is made once — for the QEMU provider, by replicas
+//! that share its host and folder (its lock and records are files there), which is
+//! why a replica without a provider in its config leaves that provider's machines to
+//! the others. QEMU is the first provider; libvirt and clouds implement the same trait.
 
 pub mod qemu;
 

@@ -10,12 +10,14 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use async_trait::async_trait;
 use ferry_model::machine::{BootFrom, Machine, MachineFirmware, MachineSpec};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tracing::warn;
 
 use super::{MachineStatus, PowerAction, Provider};
 use crate::config::ManagerConfig;
@@ -132,7 +134,14 @@ impl Qemu {
         dir: &Path,
         spec: &MachineSpec,
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let path = |p: &Path| p.to_string_lossy().to_string();
+        // In QEMU's option lists a comma separates options; a doubled one is a comma.
+        let path = |p: &Path| p.to_string_lossy().replace(',', ",,");
+        let sock = dir.join("qmp.sock");
+        ensure!(
+            sock.as_os_str().len() < 108,
+            "machine {name}: {} is too long for a Unix socket; give the provider a shorter dir",
+            sock.display()
+        );
         let mut args: Vec<String> = vec![
             "-name".into(),
             format!("ferry-{name}"),
@@ -154,9 +163,9 @@ impl Qemu {
             "-serial".into(),
             "chardev:console".into(),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", path(&dir.join("qmp.sock"))),
+            format!("unix:{},server=on,wait=off", path(&sock)),
             "-pidfile".into(),
-            path(&dir.join("qemu.pid")),
+            dir.join("qemu.pid").to_string_lossy().into(),
             "-daemonize".into(),
         ];
         if spec.firmware == MachineFirmware::Uefi {
@@ -186,7 +195,8 @@ impl Qemu {
         for (i, nic) in spec.nics.iter().enumerate() {
             let mut netdev = format!("user,id=n{i}");
             if i == 0 && spec.boot == BootFrom::Pxe {
-                netdev.push_str(&format!(",bootfile={}boot.ipxe", self.boot_url()?));
+                let url = self.boot_url()?.replace(',', ",,");
+                netdev.push_str(&format!(",bootfile={url}boot.ipxe"));
             }
             for f in &nic.forwards {
                 netdev.push_str(&format!(",hostfwd={f}"));
@@ -247,19 +257,26 @@ impl Qemu {
         std::fs::write(
             &personal,
             crate::bootserver::personalised_initrd(&self.manager, &base)?,
-        )?;
-        ferry_boot::iso::make_iso(
+        )
+        .with_context(|| format!("writing {}", personal.display()))?;
+        let made = ferry_boot::iso::make_iso(
             iso,
             &boot.dir.join(ferry_boot::KERNEL),
             &personal,
             &boot.append,
-        )?;
-        std::fs::remove_file(&personal)?;
-        Ok(())
+        )
+        .with_context(|| format!("making the CD {} (needs grub-mkrescue)", iso.display()));
+        let _ = std::fs::remove_file(&personal);
+        made
     }
 
-    /// Runs QEMU with `args`; it daemonizes once the machine is set up.
+    /// Runs QEMU with `args` for the machine in `dir` (not running); it daemonizes
+    /// once the machine is set up. Call with the machine's lock held.
     fn start(&self, dir: &Path, args: &[String]) -> Result<()> {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        if let Some(pid) = machine_pid(dir) {
+            bail!("machine {name} runs already (QEMU pid {pid})");
+        }
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         let mut cmd = match &self.config.netns {
@@ -278,11 +295,21 @@ impl Qemu {
         })?;
         ensure!(
             out.status.success(),
-            "QEMU did not start machine {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "QEMU did not start machine {name}: {} (its console: {})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            dir.join("console.log").display()
         );
         Ok(())
+    }
+
+    /// Takes the lock of the machine in `dir`: replicas on this host change a machine
+    /// one at a time. Released when the file is dropped.
+    fn lock(dir: &Path) -> Result<File> {
+        let path = dir.join(".lock");
+        let lock = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(lock)
     }
 
     fn ensure_blocking(&self, name: &str, spec: &MachineSpec) -> Result<Machine> {
@@ -294,10 +321,7 @@ impl Qemu {
         );
         let dir = self.machine_dir(name)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // Replicas on this host make a machine one at a time.
-        let lock = File::create(dir.join(".lock"))?;
-        lock.lock()
-            .with_context(|| format!("locking {}", dir.display()))?;
+        let _lock = Self::lock(&dir)?;
         if let Some(record) = Self::record(&dir)? {
             ensure!(
                 record.spec == *spec,
@@ -305,7 +329,18 @@ impl Qemu {
                  (`ferry machine delete {name}`) or use another name",
                 self.name
             );
+            // Made by a replica that stopped before starting it: start it now.
+            if !dir.join("console.log").exists() {
+                let all: Vec<String> = record.args.iter().chain(&record.first).cloned().collect();
+                self.start(&dir, &all)?;
+            }
             return Ok(self.machine(name, spec, false));
+        }
+        if let Some(pid) = machine_pid(&dir) {
+            bail!(
+                "machine {name} has a QEMU (pid {pid}) but no record; end it (`kill {pid}`) \
+                 and retry the job"
+            );
         }
         for (i, disk) in spec.disks.iter().enumerate() {
             let file = dir.join(format!("disk{i}.qcow2"));
@@ -334,18 +369,25 @@ impl Qemu {
             self.make_iso(&dir.join("ferry.iso"))?;
         }
         let (args, first) = self.args(name, &dir, spec)?;
-        let all: Vec<String> = args.iter().chain(&first).cloned().collect();
-        self.start(&dir, &all)?;
+        // The record first: a replica that stops after starting QEMU leaves a machine
+        // the next one finds rather than makes again.
         let record = Record {
             spec: spec.clone(),
             args,
             first,
         };
+        let record_path = dir.join("machine.json");
         ferry_mailbox::store::folder::write_atomic(
-            &dir.join("machine.json"),
+            &record_path,
             &serde_json::to_vec_pretty(&record)?,
             0o644,
-        )?;
+        )
+        .with_context(|| format!("writing {}", record_path.display()))?;
+        let all: Vec<String> = record.args.iter().chain(&record.first).cloned().collect();
+        if let Err(e) = self.start(&dir, &all) {
+            let _ = std::fs::remove_file(&record_path);
+            return Err(e);
+        }
         Ok(self.machine(name, spec, true))
     }
 
@@ -375,34 +417,78 @@ pub fn machine_pid(dir: &Path) -> Option<u32> {
         .then_some(pid)
 }
 
-/// Sends `command` over machine `dir`'s QMP socket.
+/// How long a QMP exchange may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `command` over machine `dir`'s QMP socket and waits for its answer.
 async fn qmp(dir: &Path, command: &str) -> Result<()> {
     let sock = dir.join("qmp.sock");
-    let stream = tokio::net::UnixStream::connect(&sock)
-        .await
-        .with_context(|| format!("connecting to QEMU's QMP socket {}", sock.display()))?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    lines.next_line().await?; // the greeting
-    for execute in ["qmp_capabilities", command] {
-        write
-            .write_all(format!("{{\"execute\":\"{execute}\"}}\n").as_bytes())
-            .await?;
-        loop {
-            let Some(line) = lines.next_line().await? else {
-                // `quit` closes the socket before or after its answer.
-                ensure!(execute == "quit", "QEMU closed QMP during {execute}");
-                return Ok(());
-            };
-            if line.contains("\"error\"") {
-                bail!("QEMU refused {execute}: {line}");
-            }
-            if line.contains("\"return\"") {
-                break;
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(&sock)
+            .await
+            .with_context(|| format!("connecting to QEMU's QMP socket {}", sock.display()))?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let greeting = lines.next_line().await?.unwrap_or_default();
+        ensure!(
+            greeting.contains("\"QMP\""),
+            "{} did not greet as QMP: {greeting:?}",
+            sock.display()
+        );
+        for execute in ["qmp_capabilities", command] {
+            write
+                .write_all(format!("{{\"execute\":\"{execute}\"}}\n").as_bytes())
+                .await?;
+            loop {
+                let Some(line) = lines.next_line().await? else {
+                    // `quit` may close the socket before its answer.
+                    ensure!(execute == "quit", "QEMU closed QMP during {execute}");
+                    return Ok(());
+                };
+                let Ok(reply) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(error) = reply.get("error") {
+                    bail!("QEMU refused {execute}: {error}");
+                }
+                if reply.get("return").is_some() {
+                    break; // events are skipped
+                }
             }
         }
+        Ok(())
+    };
+    tokio::time::timeout(QMP_TIMEOUT, exchange)
+        .await
+        .with_context(|| {
+            format!(
+                "QEMU did not answer {command} on {} within {QMP_TIMEOUT:?}",
+                sock.display()
+            )
+        })?
+}
+
+/// Switches the machine in `dir` off: `quit` over QMP, else SIGKILL; waits until its
+/// QEMU has ended.
+async fn stop(dir: &Path) -> Result<()> {
+    let Some(pid) = machine_pid(dir) else {
+        return Ok(());
+    };
+    if qmp(dir, "quit").await.is_err() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
-    Ok(())
+    for _ in 0..100 {
+        if machine_pid(dir).is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the QEMU of machine {} (pid {pid}) did not end; end it (`kill -9 {pid}`) and retry",
+        dir.display()
+    )
 }
 
 #[async_trait]
@@ -421,17 +507,23 @@ impl Provider for Qemu {
         let mut out = Vec::new();
         for entry in entries {
             let dir = entry?.path();
+            if !dir.is_dir() {
+                continue;
+            }
             let name = dir
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            if let Some(record) = Self::record(&dir)? {
-                out.push(MachineStatus {
+            // One bad record must not hide (or keep from deletion) every other machine.
+            match Self::record(&dir) {
+                Ok(Some(record)) => out.push(MachineStatus {
                     machine: self.machine(&name, &record.spec, false),
                     running: machine_pid(&dir).is_some(),
                     spec: record.spec,
-                });
+                }),
+                Ok(None) => {}
+                Err(e) => warn!("provider {}: {e:#}", self.name),
             }
         }
         out.sort_by(|a, b| a.machine.name.cmp(&b.machine.name));
@@ -440,6 +532,7 @@ impl Provider for Qemu {
 
     async fn power(&self, name: &str, action: PowerAction) -> Result<()> {
         let (dir, record) = self.existing(name)?;
+        let _lock = Self::lock(&dir)?;
         let running = machine_pid(&dir).is_some();
         match action {
             PowerAction::On if running => Ok(()),
@@ -447,8 +540,7 @@ impl Provider for Qemu {
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || this.start(&dir, &record.args)).await?
             }
-            PowerAction::Off if !running => Ok(()),
-            PowerAction::Off => qmp(&dir, "quit").await,
+            PowerAction::Off => stop(&dir).await,
             PowerAction::Reset => {
                 ensure!(running, "machine {name} is off; switch it on instead");
                 qmp(&dir, "system_reset").await
@@ -458,23 +550,10 @@ impl Provider for Qemu {
 
     async fn delete(&self, name: &str) -> Result<()> {
         let (dir, _) = self.existing(name)?;
-        if let Some(pid) = machine_pid(&dir) {
-            if qmp(&dir, "quit").await.is_err() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            for _ in 0..50 {
-                if machine_pid(&dir).is_none() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            ensure!(
-                machine_pid(&dir).is_none(),
-                "machine {name}'s QEMU (pid {pid}) did not end"
-            );
-        }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+        let lock = Self::lock(&dir)?;
+        stop(&dir).await?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        drop(lock);
+        Ok(())
     }
 }
