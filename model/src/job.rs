@@ -71,12 +71,10 @@ impl TargetRef {
         match self {
             TargetRef::Agent(id) => agent_id == id,
             TargetRef::Mac(mac) => fingerprint.macs.iter().any(|m| m.eq_ignore_ascii_case(mac)),
-            TargetRef::New(spec) => spec.nics.iter().any(|n| {
-                fingerprint
-                    .macs
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(&n.mac))
-            }),
+            TargetRef::New(spec) => spec
+                .macs()
+                .iter()
+                .any(|mac| TargetRef::Mac(mac.clone()).matches(agent_id, fingerprint)),
             TargetRef::SystemUuid(uuid) => fingerprint
                 .system_uuid
                 .as_deref()

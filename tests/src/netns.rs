@@ -2,6 +2,7 @@
 //! nftables in a namespace that drops every inbound connection (or all but a few
 //! ports), while connections out and their replies pass.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -45,11 +46,21 @@ pub fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `program` run inside network namespace `netns` if given, else here.
+pub fn command(netns: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// `program` run inside namespace `ns`.
 pub fn in_ns(ns: &str, program: &Path) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(program);
-    c
+    command(Some(ns), program)
 }
 
 /// Whether `ip` and `nft` are here (else the suites that need them skip).

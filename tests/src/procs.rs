@@ -164,14 +164,15 @@ pub fn start_agent(manager: &ferry_manager::config::ManagerConfig, dir: &Path) -
 
 /// `ferry` run inside network namespace `netns`, if given.
 pub fn ferry_command(netns: Option<&str>) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(bin("ferry"));
-            c
-        }
-        None => Command::new(bin("ferry")),
-    }
+    crate::netns::command(netns, bin("ferry"))
+}
+
+/// How many times `log` (an agent's log or a ramdisk's console) shows the agent
+/// starting command `command_id`.
+pub fn command_runs(log: &str, command_id: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("running command") && l.contains(command_id))
+        .count()
 }
 
 /// `ferry init --data DATA ARGS…` (inside `netns` if given); the config file it wrote.

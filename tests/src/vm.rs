@@ -14,7 +14,7 @@ use ferry_manager::config::ManagerConfig;
 use ferry_manager::providers::ProviderConfig;
 use ferry_manager::providers::qemu::QemuConfig;
 
-use crate::procs::{Proc, bin};
+use crate::procs::Proc;
 use crate::util::free_port;
 
 /// The OVMF build that boots both from CD and by iPXE's EFI driver.
@@ -197,14 +197,7 @@ impl Qemu {
         args: &[String],
         netns: Option<&str>,
     ) -> Result<Qemu> {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
-                c
-            }
-            None => Command::new("qemu-system-x86_64"),
-        };
+        let mut cmd = crate::netns::command(netns, "qemu-system-x86_64");
         cmd.args(args);
         let proc = Proc::spawn("qemu", &mut cmd, &work.join("qemu.log"))?;
         Ok(Qemu {
@@ -384,14 +377,7 @@ impl Manager {
     }
 
     fn command(&self) -> Command {
-        let mut c = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("ferry"));
-                c
-            }
-            None => Command::new(bin("ferry")),
-        };
+        let mut c = crate::procs::ferry_command(self.netns.as_deref());
         c.arg("--config").arg(&self.config);
         c
     }

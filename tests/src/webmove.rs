@@ -206,8 +206,8 @@ impl Deployed {
     pub async fn http_get(&self) -> Result<String> {
         if let Some(ns) = &self.netns {
             // From the target's own data centre: nothing gets in from outside.
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "python3", "-c"])
+            let out = crate::netns::command(Some(ns), "python3")
+                .arg("-c")
                 .arg(format!(
                     "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{}/', timeout=30).read().decode(), end='')",
                     self.http_port

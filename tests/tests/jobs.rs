@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_tests::procs::{Proc, bin, start_agent};
+use ferry_tests::procs::{Proc, bin, command_runs, start_agent};
 use ferry_tests::servers::Embedded;
 use serde_json::Value;
 
@@ -101,11 +101,7 @@ fn step<'j>(j: &'j Value, name: &str) -> &'j Value {
 
 /// Commands of this job the agent ran (its log names each command it runs).
 fn runs(agent: &Proc, command_id: &str) -> usize {
-    agent
-        .log()
-        .lines()
-        .filter(|l| l.contains("running command") && l.contains(command_id))
-        .count()
+    command_runs(&agent.log(), command_id)
 }
 
 /// 256 MiB of random data, so that a capture lasts a few seconds.

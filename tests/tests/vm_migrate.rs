@@ -28,7 +28,7 @@ use ferry_model::deploy::examples::{fs, mirror};
 use ferry_model::deploy::{DeployPlan, LvLayout, VgLayout};
 use ferry_model::survey::BootMode;
 use ferry_tests::netns::{Net, OUTBOUND_ONLY, outbound_only_but, tools_missing};
-use ferry_tests::procs::{Proc, ferry_init, ferry_serve};
+use ferry_tests::procs::{Proc, command_runs, ferry_init, ferry_serve};
 use ferry_tests::util::missing;
 use ferry_tests::vm::{Manager, qemu_provider, ramdisk, ramdisk_dir};
 use ferry_tests::webmove::{
@@ -158,14 +158,6 @@ const TARGET_DC: usize = 3;
 const BOOT_PORTS: [u16; 2] = [8081, 8082];
 /// The target data centre's port forwarded to the migrated system's nginx.
 const HTTP_PORT: u16 = 8080;
-
-/// How many times the console shows the agent starting command `id`.
-fn runs(console: &str, id: &str) -> usize {
-    console
-        .lines()
-        .filter(|l| l.contains("running command") && l.contains(id))
-        .count()
-}
 
 #[tokio::test]
 async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_a_replica_dies()
@@ -322,7 +314,12 @@ async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_
         .context("the migrated system's boot report")?;
     d.to_booted = started.elapsed().as_secs_f64();
     // The ramdisk agent ran the deploy once, whichever replica sent it.
-    assert_eq!(runs(&d.vm.console(), &command_id), 1, "{}", d.vm.tail());
+    assert_eq!(
+        command_runs(&d.vm.console(), &command_id),
+        1,
+        "{}",
+        d.vm.tail()
+    );
     check_larger_uefi(&d, &shown, &target).await?;
 
     // The firewalls are real: the page is served inside the target data centre, and

@@ -62,6 +62,9 @@ fn default_ovmf_vars() -> PathBuf {
     "/usr/share/OVMF/OVMF_VARS_4M.fd".into()
 }
 
+/// A machine's serial console, appended to at every start, in its folder.
+const CONSOLE: &str = "console.log";
+
 /// `DIR/NAME/machine.json`: what a machine was made to, and how it is started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -106,7 +109,7 @@ impl Qemu {
                 self.config
                     .dir
                     .join(name)
-                    .join("console.log")
+                    .join(CONSOLE)
                     .to_string_lossy()
                     .into(),
             ),
@@ -158,7 +161,7 @@ impl Qemu {
             "-chardev".into(),
             format!(
                 "file,id=console,path={},append=on",
-                path(&dir.join("console.log"))
+                path(&dir.join(CONSOLE))
             ),
             "-serial".into(),
             "chardev:console".into(),
@@ -297,7 +300,7 @@ impl Qemu {
             out.status.success(),
             "QEMU did not start machine {name}: {} (its console: {})",
             String::from_utf8_lossy(&out.stderr).trim(),
-            dir.join("console.log").display()
+            dir.join(CONSOLE).display()
         );
         Ok(())
     }
@@ -330,7 +333,7 @@ impl Qemu {
                 self.name
             );
             // Made by a replica that stopped before starting it: start it now.
-            if !dir.join("console.log").exists() {
+            if !dir.join(CONSOLE).exists() {
                 let all: Vec<String> = record.args.iter().chain(&record.first).cloned().collect();
                 self.start(&dir, &all)?;
             }
