@@ -190,8 +190,8 @@ pub fn capture(
     init: bool,
     json: bool,
 ) -> Result<()> {
-    if init && !lib.exists()? {
-        lib.init()?;
+    if init {
+        lib.ensure()?;
     }
     let host = crate::survey::Host::live();
     let meter = Meter::new(Duration::from_millis(250), None);

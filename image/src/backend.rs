@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ferry_mailbox::store::{Store, StoreError};
+use ferry_mailbox::store::{Created, Store, StoreError};
 use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, WriteBackend};
 use tokio::runtime::Handle;
 
@@ -23,6 +23,19 @@ pub struct StoreBackend {
     /// Whole packs rustic marks cacheable (tree packs), so that walking a snapshot's
     /// trees costs one read per pack, not one per directory.
     packs: Mutex<PackCache>,
+    /// Set while the repository is being created ([`StoreBackend::creating`]).
+    creation: Option<Mutex<Creation>>,
+}
+
+/// How a repository is created so that concurrent creators cannot mix: rustic_core
+/// writes the new key, then the config encrypted with that key's master key. Here the
+/// key is held back, the config is written only if none is there, and the key follows
+/// only when ours won. A creator that lost leaves nothing behind, so every key in the
+/// library opens its config.
+#[derive(Debug, Default)]
+struct Creation {
+    keys: Vec<(String, Bytes)>,
+    lost: bool,
 }
 
 /// Most bytes of cacheable packs kept in memory.
@@ -72,7 +85,59 @@ impl StoreBackend {
             prefix,
             rt,
             packs: Mutex::default(),
+            creation: None,
         }
+    }
+
+    /// Like [`StoreBackend::new`], for creating the repository: see [`Creation`].
+    pub fn creating(store: Arc<dyn Store>, prefix: &str, rt: Handle) -> StoreBackend {
+        StoreBackend {
+            creation: Some(Mutex::default()),
+            ..StoreBackend::new(store, prefix, rt)
+        }
+    }
+
+    /// Whether creating found a config written by another creator first.
+    pub fn lost_creation(&self) -> bool {
+        self.creation
+            .as_ref()
+            .is_some_and(|c| c.lock().unwrap_or_else(|p| p.into_inner()).lost)
+    }
+
+    /// A write while creating: keys wait for the config, which is written only if
+    /// absent. `None` when this is not a creation.
+    fn write_creating(&self, tpe: FileType, key: &str, body: Bytes) -> Option<Result<()>> {
+        let creation = self.creation.as_ref()?;
+        let mut c = creation.lock().unwrap_or_else(|p| p.into_inner());
+        match tpe {
+            FileType::Key => {
+                c.keys.push((key.to_string(), body));
+                Some(Ok(()))
+            }
+            FileType::Config => Some(self.create_config(&mut c, key, body)),
+            _ => None,
+        }
+    }
+
+    fn create_config(&self, c: &mut Creation, key: &str, body: Bytes) -> Result<()> {
+        let created = self
+            .rt
+            .block_on(self.store.create(key, body))
+            .map_err(|e| failed(format!("writing {key}"), e))?;
+        if created == Created::Exists {
+            c.lost = true;
+            c.keys.clear();
+            return Err(RusticError::new(
+                ErrorKind::Repository,
+                "another creator wrote the library's config first",
+            ));
+        }
+        for (k, b) in c.keys.drain(..) {
+            self.rt
+                .block_on(self.store.put(&k, b))
+                .map_err(|e| failed(format!("writing {k}"), e))?;
+        }
+        Ok(())
     }
 
     /// The store key of a repository file.
@@ -224,6 +289,9 @@ impl WriteBackend for StoreBackend {
             1 => parts.into_iter().next().unwrap_or_default(),
             _ => Bytes::from(parts.concat()),
         };
+        if let Some(done) = self.write_creating(tpe, &key, body.clone()) {
+            return done;
+        }
         self.rt
             .block_on(self.store.put(&key, body))
             .map_err(|e| failed(format!("writing {key}"), e))

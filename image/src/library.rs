@@ -21,6 +21,9 @@ pub const TAG_CAPTURE: &str = "ferry-capture=";
 /// Tag of the snapshot that holds a capture's manifest.
 pub const TAG_MANIFEST: &str = "ferry-manifest";
 
+/// How long [`Library::ensure`] waits for a library another creator is making.
+const ENSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where a library is: a store and a folder in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -305,20 +308,61 @@ impl Library {
     }
 
     /// Creates the library (restic repository format 2, compressed). Refuses when one
-    /// is there already.
+    /// is there already, also when another creator made it first while this one ran.
     pub fn init(&self) -> Result<()> {
-        if self.exists()? {
-            bail!("library {}: one exists there already", self.location);
+        if self.create()? {
+            Ok(())
+        } else {
+            bail!("library {}: one exists there already", self.location)
         }
-        let _ = Repository::new(&Self::options(), &self.backends())
+    }
+
+    /// Creates the library unless there is one. Safe to run from several places at
+    /// once (manager replicas): one creator wins, the others wait until its library
+    /// opens. Returns whether this call created it.
+    pub fn ensure(&self) -> Result<bool> {
+        if self.create()? {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + ENSURE_WAIT;
+        loop {
+            match self.open() {
+                Ok(_) => return Ok(false),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "library {}: it has a config but has not opened for {} s; if its creator died, \
+                         check the store and remove the library's config and keys to create it again",
+                        self.location,
+                        ENSURE_WAIT.as_secs()
+                    )));
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// Creates the library; `false` when one was there or another creator won.
+    fn create(&self) -> Result<bool> {
+        if self.exists()? {
+            return Ok(false);
+        }
+        let be = Arc::new(StoreBackend::creating(
+            self.store.clone(),
+            &self.location.prefix,
+            self.handle(),
+        ));
+        let made = Repository::new(&Self::options(), &RepositoryBackends::new(be.clone(), None))
             .map_err(rustic(format!("library {}", self.location)))?
             .init(
                 &Credentials::password(&self.password),
                 &KeyOptions::default(),
                 &Self::config_options(),
-            )
-            .map_err(rustic(format!("library {}: creating it", self.location)))?;
-        Ok(())
+            );
+        match made {
+            Ok(_) => Ok(true),
+            Err(_) if be.lost_creation() => Ok(false),
+            Err(e) => Err(rustic(format!("library {}: creating it", self.location))(e)),
+        }
     }
 
     /// Repository settings of a new library: data packs stay under 48 MiB (a pack

@@ -217,10 +217,7 @@ pub struct CaptureOptions {
 pub(crate) async fn ensure_library(config: &ManagerConfig) -> Result<()> {
     let c = config.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let lib = open(&c)?;
-        if !lib.exists()? {
-            lib.init()?;
-        }
+        open(&c)?.ensure()?;
         Ok(())
     })
     .await?

@@ -264,3 +264,48 @@ async fn capture_and_restore_through_the_mailbox_with_sealed_library_secrets() {
     assert!(as_agent.get(&status).await.expect("own mailbox").is_some());
     agent.terminate();
 }
+
+/// Manager replicas that find no library at the same moment each create one; only one
+/// may win, or a key that does not open the config is left behind (a capture then
+/// fails on "cryptographic operations"). Eight creators race on the embedded store;
+/// one reports creating it, the library has one key, and every creator and a fresh
+/// connection open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creators_make_one_library_that_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded = Embedded::start(&dir.path().join("data"))
+        .await
+        .expect("embedded");
+    let config = embedded.config.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (config, barrier) = (config.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let lib = ferry_manager::images::open(&config).expect("library");
+                    barrier.wait();
+                    let made = lib.ensure().expect("ensure");
+                    lib.images().expect("the library opens for every creator");
+                    made
+                })
+            })
+            .collect();
+        let made: Vec<bool> = racers
+            .into_iter()
+            .map(|r| r.join().expect("racer"))
+            .collect();
+        let lib = ferry_manager::images::open(&config).expect("library");
+        assert!(lib.images().expect("opens").is_empty());
+        assert!(!lib.ensure().expect("ensure again"), "a library was there");
+        let e = lib.init().expect_err("init over a library").to_string();
+        assert!(e.contains("one exists there already"), "{e}");
+        made
+    })
+    .await
+    .expect("join");
+    assert_eq!(created.iter().filter(|m| **m).count(), 1, "{created:?}");
+    let store = store::open(&embedded.manager_store()).expect("store");
+    let keys = store.list("library/keys/").await.expect("list keys");
+    assert_eq!(keys.objects.len(), 1, "one key: {:?}", keys.objects);
+}
