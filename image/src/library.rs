@@ -544,6 +544,48 @@ impl Library {
         Ok(ids.len())
     }
 
+    /// Deletes every object under the library's folder, config and keys last (so an
+    /// interrupted discard is run again, not mistaken for no library); (objects,
+    /// bytes). For a direct migration's temporary repository, whose folder holds
+    /// nothing else.
+    pub fn discard(&self) -> Result<(u64, u64)> {
+        let store = self.store.clone();
+        let top = self.location.prefix.clone();
+        let what = format!("discarding {}", self.location);
+        self.handle().block_on(async move {
+            let (mut objects, mut bytes) = (0, 0);
+            let mut folders = vec![top.clone()];
+            let mut last = Vec::new();
+            while let Some(folder) = folders.pop() {
+                let listing = store
+                    .list(&folder)
+                    .await
+                    .with_context(|| format!("{what}: listing {folder}"))?;
+                folders.extend(listing.folders.iter().map(|f| format!("{folder}{f}/")));
+                for (name, size) in listing.objects.iter().zip(&listing.sizes) {
+                    let key = format!("{folder}{name}");
+                    if folder == top || folder == format!("{top}keys/") {
+                        last.push(key);
+                    } else {
+                        store
+                            .delete(&key)
+                            .await
+                            .with_context(|| format!("{what}: deleting {key}"))?;
+                    }
+                    objects += 1;
+                    bytes += size;
+                }
+            }
+            for key in last.iter().rev() {
+                store
+                    .delete(key)
+                    .await
+                    .with_context(|| format!("{what}: deleting {key}"))?;
+            }
+            Ok((objects, bytes))
+        })
+    }
+
     /// The manifest snapshot of `image` (latest, or capture `at`).
     pub(crate) fn manifest_snapshot<S: Open>(
         &self,

@@ -11,7 +11,7 @@ use ferry_model::protocol::{Action, MessageBody};
 
 use crate::config::ManagerConfig;
 use crate::fleet::Fleet;
-use crate::images::{failure, open, run_on_agent};
+use crate::images::{Repo, failure, run_on_agent};
 
 /// Options of `ferry deploy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,7 +62,7 @@ async fn plan_for(
     let fleet = crate::cli::fleet(config)?;
     let id = fleet.resolve(id).await?;
     checked_plan(
-        config,
+        &Repo::library(config)?,
         &fleet,
         image,
         opts.capture.as_deref(),
@@ -77,7 +77,7 @@ async fn plan_for(
 /// `id`'s machine: `user`'s, or the default one for the survey in its status; checked
 /// against the image's manifest, every problem named.
 pub(crate) async fn checked_plan(
-    config: &ManagerConfig,
+    repo: &Repo,
     fleet: &Fleet,
     image: &str,
     capture: Option<&str>,
@@ -94,8 +94,9 @@ pub(crate) async fn checked_plan(
     // A plan names its capture; else the one asked for; else the latest.
     let at = planned.or_else(|| capture.map(str::to_string));
     let manifest = {
-        let (c, image) = (config.clone(), image.to_string());
-        tokio::task::spawn_blocking(move || open(&c)?.manifest(&image, at.as_deref())).await??
+        let image = image.to_string();
+        repo.with(move |lib| lib.manifest(&image, at.as_deref()))
+            .await?
     };
     let mut plan = match user {
         Some(plan) => plan,

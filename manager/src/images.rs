@@ -36,69 +36,147 @@ fn password(lib: &LibraryConfig) -> Result<String> {
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
+/// A repository the manager sends agents to: the library, or a direct migration's
+/// temporary one in the library's folder `direct/JOB/`, with a password of its own
+/// that every replica derives from the library's and the job's id.
+#[derive(Clone)]
+pub(crate) struct Repo {
+    lib: LibraryConfig,
+    password: String,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo").field("url", &self.lib.url).finish()
+    }
+}
+
+/// The library's folder holding direct migrations' temporary repositories.
+pub(crate) const DIRECT_FOLDER: &str = "direct";
+
+impl Repo {
+    /// The library.
+    pub(crate) fn library(config: &ManagerConfig) -> Result<Repo> {
+        let lib = library_config(config)?.clone();
+        let password = password(&lib)?;
+        Ok(Repo { lib, password })
+    }
+
+    /// Direct migration `job`'s temporary repository.
+    pub(crate) fn direct(config: &ManagerConfig, job: &str) -> Result<Repo> {
+        let library = Repo::library(config)?;
+        let mut key = blake3::Hasher::new_derive_key("ferry 2026-11 direct migration repository");
+        key.update(library.password.as_bytes());
+        key.update(&[0]);
+        key.update(job.as_bytes());
+        let below = |url: &str| format!("{}/{DIRECT_FOLDER}/{job}", url.trim_end_matches('/'));
+        let lib = LibraryConfig {
+            url: below(&library.lib.url),
+            agent_url: library.lib.agent_url.as_deref().map(below),
+            ..library.lib
+        };
+        Ok(Repo {
+            lib,
+            password: key.finalize().to_hex().to_string(),
+        })
+    }
+
+    /// The repository of job `spec`: its own when direct, else the library.
+    pub(crate) fn of_job(config: &ManagerConfig, spec: &ferry_model::job::JobSpec) -> Result<Repo> {
+        if spec.direct() {
+            Repo::direct(config, &spec.id)
+        } else {
+            Repo::library(config)
+        }
+    }
+
+    /// Where the manager reaches it.
+    pub(crate) fn url(&self) -> &str {
+        &self.lib.url
+    }
+
+    /// Opens it as the manager reaches it. Blocking: call it off the runtime.
+    pub(crate) fn open(&self) -> Result<Library> {
+        let access = self
+            .lib
+            .credential
+            .as_ref()
+            .map(|c| (c.access_key.clone(), c.secret_key.clone()));
+        let loc = Location::with_access(&self.lib.url, self.lib.ca_pem.clone(), access)?;
+        Library::connect(&loc, &self.password)
+    }
+
+    /// Runs `f` on the opened repository off the runtime.
+    pub(crate) async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Library) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let repo = self.clone();
+        tokio::task::spawn_blocking(move || f(repo.open()?)).await?
+    }
+
+    /// Creates it unless it exists (safe for racing replicas).
+    pub(crate) async fn ensure(&self) -> Result<()> {
+        self.with(|lib| lib.ensure().map(drop)).await
+    }
+
+    /// What goes in a command for `agent`: where it is, and the sealed secrets.
+    fn for_agent(
+        &self,
+        agent: &Identity,
+        command_id: &str,
+    ) -> Result<(LibraryRef, BTreeMap<String, ferry_model::protocol::Sealed>)> {
+        let seal = |name: &str, bytes: &[u8]| Fleet::seal_for(agent, command_id, name, bytes);
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            SECRET_LIBRARY_PASSWORD.to_string(),
+            seal(SECRET_LIBRARY_PASSWORD, self.password.as_bytes())?,
+        );
+        if let Some(c) = &self.lib.credential {
+            let cred = serde_json::to_vec(&StoreCredential {
+                access_key: c.access_key.clone(),
+                secret_key: c.secret_key.clone(),
+            })?;
+            secrets.insert(
+                SECRET_LIBRARY_CREDENTIAL.to_string(),
+                seal(SECRET_LIBRARY_CREDENTIAL, &cred)?,
+            );
+        }
+        let library = LibraryRef {
+            url: self
+                .lib
+                .agent_url
+                .clone()
+                .unwrap_or_else(|| self.lib.url.clone()),
+            ca_pem: self.lib.ca_pem.clone(),
+        };
+        Ok((library, secrets))
+    }
+
+    /// Sends agent `id` an image command on this repository under `command_id`, with
+    /// its secrets sealed to that agent and that command id.
+    pub(crate) async fn send(
+        &self,
+        fleet: &Fleet,
+        id: &str,
+        command_id: &str,
+        make: impl FnOnce(LibraryRef) -> Action,
+    ) -> Result<ferry_model::protocol::CommandPayload> {
+        let identity = fleet
+            .view(id)
+            .await?
+            .identity
+            .with_context(|| format!("agent {id} has no identity in its mailbox yet"))?;
+        let (library, secrets) = self.for_agent(&identity, command_id)?;
+        fleet
+            .send_prepared(id, command_id, make(library), secrets)
+            .await
+    }
+}
+
 /// Opens the library as the manager reaches it. Blocking: call it off the runtime.
 pub fn open(config: &ManagerConfig) -> Result<Library> {
-    let lib = library_config(config)?;
-    let access = lib
-        .credential
-        .as_ref()
-        .map(|c| (c.access_key.clone(), c.secret_key.clone()));
-    let loc = Location::with_access(&lib.url, lib.ca_pem.clone(), access)?;
-    Library::connect(&loc, &password(lib)?)
-}
-
-/// What goes in a command for `agent`: where the library is, and the sealed secrets.
-fn library_for(
-    lib: &LibraryConfig,
-    agent: &Identity,
-    command_id: &str,
-) -> Result<(LibraryRef, BTreeMap<String, ferry_model::protocol::Sealed>)> {
-    let mut secrets = BTreeMap::new();
-    secrets.insert(
-        SECRET_LIBRARY_PASSWORD.to_string(),
-        Fleet::seal_for(
-            agent,
-            command_id,
-            SECRET_LIBRARY_PASSWORD,
-            password(lib)?.as_bytes(),
-        )?,
-    );
-    if let Some(c) = &lib.credential {
-        let cred = serde_json::to_vec(&StoreCredential {
-            access_key: c.access_key.clone(),
-            secret_key: c.secret_key.clone(),
-        })?;
-        secrets.insert(
-            SECRET_LIBRARY_CREDENTIAL.to_string(),
-            Fleet::seal_for(agent, command_id, SECRET_LIBRARY_CREDENTIAL, &cred)?,
-        );
-    }
-    let library = LibraryRef {
-        url: lib.agent_url.clone().unwrap_or_else(|| lib.url.clone()),
-        ca_pem: lib.ca_pem.clone(),
-    };
-    Ok((library, secrets))
-}
-
-/// Sends agent `id` an image command under `command_id`, with the library's secrets
-/// sealed to that agent and that command id.
-pub(crate) async fn send_with_library(
-    config: &ManagerConfig,
-    fleet: &Fleet,
-    id: &str,
-    command_id: &str,
-    make: impl FnOnce(LibraryRef) -> Action,
-) -> Result<ferry_model::protocol::CommandPayload> {
-    let lib = library_config(config)?;
-    let identity = fleet
-        .view(id)
-        .await?
-        .identity
-        .with_context(|| format!("agent {id} has no identity in its mailbox yet"))?;
-    let (library, secrets) = library_for(lib, &identity, command_id)?;
-    fleet
-        .send_prepared(id, command_id, make(library), secrets)
-        .await
+    Repo::library(config)?.open()
 }
 
 /// Sends an image command (with its sealed secrets) and waits for the answer,
@@ -113,7 +191,9 @@ pub(crate) async fn run_on_agent(
     let fleet = crate::cli::fleet(config)?;
     let id = fleet.resolve(id).await?;
     let command_id = uuid::Uuid::now_v7().to_string();
-    let cmd = send_with_library(config, &fleet, &id, &command_id, make).await?;
+    let cmd = Repo::library(config)?
+        .send(&fleet, &id, &command_id, make)
+        .await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let terminal = std::io::stderr().is_terminal();
     loop {
@@ -213,22 +293,12 @@ pub struct CaptureOptions {
     pub watch: crate::jobs::cli::WatchOptions,
 }
 
-/// Creates the library if there is none.
-pub(crate) async fn ensure_library(config: &ManagerConfig) -> Result<()> {
-    let c = config.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        open(&c)?.ensure()?;
-        Ok(())
-    })
-    .await?
-}
-
 /// `ferry capture AGENT --image NAME`: creates the library if there is none, then
 /// has the agent capture its server into the image.
 pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) -> Result<()> {
     ferry_model::image::check_image_name(&opts.image)
         .map_err(|e| anyhow::anyhow!("image {:?}: {e}", opts.image))?;
-    ensure_library(config).await?;
+    Repo::library(config)?.ensure().await?;
     if opts.watch.detach {
         let job = crate::jobs::cli::capture_job(config, id, opts).await?;
         println!("{job}");

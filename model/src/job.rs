@@ -157,7 +157,8 @@ pub enum JobKind {
         deploy: DeploySettings,
     },
     /// Capture a source into the library, then deploy that very capture onto a target
-    /// (which may boot its ramdisk meanwhile).
+    /// (which may boot its ramdisk meanwhile). A direct migration captures into a
+    /// temporary repository of its own instead, discarded once the target is deployed.
     Migrate {
         /// The source's agent id.
         source: String,
@@ -169,6 +170,9 @@ pub enum JobKind {
         capture: CaptureSettings,
         /// How the target is deployed.
         deploy: DeploySettings,
+        /// Through the job's temporary repository, not the library.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        direct: bool,
     },
 }
 
@@ -212,8 +216,16 @@ impl JobSpec {
         match self.kind {
             JobKind::Capture { .. } => &[Step::Capture],
             JobKind::Deploy { .. } => &[Step::Target, Step::Deploy],
-            JobKind::Migrate { .. } => &[Step::Capture, Step::Target, Step::Deploy],
+            JobKind::Migrate { direct: false, .. } => &[Step::Capture, Step::Target, Step::Deploy],
+            JobKind::Migrate { direct: true, .. } => {
+                &[Step::Capture, Step::Target, Step::Deploy, Step::Discard]
+            }
         }
+    }
+
+    /// Whether the job goes through a temporary repository of its own.
+    pub fn direct(&self) -> bool {
+        matches!(self.kind, JobKind::Migrate { direct: true, .. })
     }
 
     /// The job's kind as a word.
@@ -261,6 +273,8 @@ pub enum Step {
     Target,
     /// The target's agent deploys the image.
     Deploy,
+    /// The manager deletes a direct migration's temporary repository.
+    Discard,
 }
 
 impl Step {
@@ -270,6 +284,7 @@ impl Step {
             Step::Capture => "capture",
             Step::Target => "target",
             Step::Deploy => "deploy",
+            Step::Discard => "discard",
         }
     }
 
@@ -278,6 +293,7 @@ impl Step {
         match (self, &spec.kind) {
             (Step::Deploy, JobKind::Migrate { .. }) => &[Step::Capture, Step::Target],
             (Step::Deploy, _) => &[Step::Target],
+            (Step::Discard, _) => &[Step::Deploy],
             _ => &[],
         }
     }
@@ -323,6 +339,13 @@ pub enum Outcome {
         /// Driver modules added to the deployed kernel.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         drivers_added: Vec<String>,
+    },
+    /// A direct migration's temporary repository was deleted.
+    Discarded {
+        /// Objects deleted.
+        objects: u64,
+        /// Their bytes.
+        bytes: u64,
     },
 }
 
@@ -697,6 +720,7 @@ mod tests {
                     reboot: true,
                     keep_on_failure: false,
                 },
+                direct: false,
             },
         }
     }
@@ -783,6 +807,34 @@ mod tests {
         assert_eq!(state.status, JobStatus::Succeeded);
         assert_eq!(state.ended_ms, Some(20));
         assert!(state.actionable(&spec).is_empty());
+
+        // A direct migration then discards its temporary repository, and only then
+        // has succeeded.
+        let mut direct = spec.clone();
+        if let JobKind::Migrate { direct, .. } = &mut direct.kind {
+            *direct = true;
+        }
+        assert!(direct.direct() && !spec.direct());
+        let text = serde_json::to_string(&direct).unwrap();
+        assert!(text.contains("\"direct\":true"), "{text}");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("direct"));
+        let state = JobState::derive(&direct, &events);
+        assert_eq!(state.status, JobStatus::Running);
+        assert_eq!(names(&state, &direct), ["discard"]);
+        events.push(ev(
+            21,
+            EventKind::Done {
+                step: Step::Discard,
+                attempt: 1,
+                outcome: Outcome::Discarded {
+                    objects: 9,
+                    bytes: 1 << 20,
+                },
+            },
+        ));
+        let state = JobState::derive(&direct, &events);
+        assert_eq!(state.status, JobStatus::Succeeded);
+        assert_eq!(state.ended_ms, Some(21));
     }
 
     #[test]

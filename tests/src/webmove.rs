@@ -59,7 +59,7 @@ impl Firmware {
 
 /// Boots the web server on `firmware` from the cached disk (its writes thrown away)
 /// and waits for its agent's survey; the VM and the agent's id.
-async fn source_vm(
+pub async fn source_vm(
     m: &Manager,
     work: &Path,
     firmware: Firmware,
@@ -275,15 +275,29 @@ fn target_vm(
     Ok((vm, dir, http_port))
 }
 
+/// How [`deploy_target`] deploys.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// `ferry deploy IMAGE` of the image's latest capture.
+    Deploy,
+    /// `ferry migrate SOURCE --to AGENT` (two-step: a new capture into the image,
+    /// then its deploy), followed by `ferry job watch --json`.
+    Migrate {
+        /// The source's agent id.
+        source: &'a str,
+    },
+}
+
 /// Starts `target`, waits for its ramdisk agent (PXE from the manager's boot server),
-/// deploys `image` onto it (the default plan, or what `plan` makes of it), and waits
-/// for the migrated system's boot report.
+/// deploys `image` onto it (the default plan, or what `plan` makes of it) `via` a
+/// command or a migrate job, and waits for the migrated system's boot report.
 pub async fn deploy_target(
     m: &Manager,
     work: &Path,
     target: &Target,
     image: &str,
     plan: impl FnOnce(DeployPlan) -> DeployPlan,
+    via: Via<'_>,
 ) -> Result<Deployed> {
     let (mut vm, dir, http_port) = target_vm(m, work, target, image)?;
     let agent = m
@@ -296,24 +310,47 @@ pub async fn deploy_target(
         serde_saphyr::from_str(&m.ferry(&["deploy", image, "--to", &id, "--plan-only"])?)
             .context("ferry deploy --plan-only")?;
     let plan_file = dir.join("plan.json");
-    std::fs::write(&plan_file, serde_json::to_string_pretty(&plan(default))?)?;
+    let mut plan = plan(default);
+    if matches!(via, Via::Migrate { .. }) {
+        // For the capture the job makes.
+        plan.capture = None;
+    }
+    std::fs::write(&plan_file, serde_json::to_string_pretty(&plan)?)?;
+    let plan_file = plan_file.to_string_lossy();
 
     let started = std::time::Instant::now();
-    let out = m
-        .ferry(&[
-            "deploy",
-            image,
-            "--to",
-            &id,
-            "--plan",
-            &plan_file.to_string_lossy(),
-            "--json",
-            "--timeout",
-            "3600",
-        ])
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
-    let answer: Value = serde_json::from_str(&out).context("ferry deploy --json")?;
-    let steps: Vec<StepTime> = serde_json::from_value(answer["steps"].clone())?;
+    let steps = match via {
+        Via::Deploy => {
+            let out = m
+                .ferry(&[
+                    "deploy",
+                    image,
+                    "--to",
+                    &id,
+                    "--plan",
+                    &plan_file,
+                    "--json",
+                    "--timeout",
+                    "3600",
+                ])
+                .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+            let answer: Value = serde_json::from_str(&out).context("ferry deploy --json")?;
+            serde_json::from_value(answer["steps"].clone())?
+        }
+        Via::Migrate { source } => {
+            let job = m.ferry(&[
+                "migrate", source, "--to", &id, "--image", image, "--live", "--plan", &plan_file,
+                "--detach",
+            ])?;
+            let out = m
+                .ferry(&["job", "watch", job.trim(), "--json", "--timeout", "3600"])
+                .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
+            let shown: Value = serde_json::from_str(&out).context("the job as JSON")?;
+            ensure!(shown["status"] == "succeeded", "{shown:#}");
+            ensure!(shown["spec"].get("direct").is_none(), "{shown:#}");
+            deploy_steps(&shown)?
+        }
+    };
     vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
         .await
         .context("the migrated system's boot report")?;
@@ -389,21 +426,26 @@ pub async fn wait_job(
     }
 }
 
-/// `ferry migrate SOURCE --to new=SPEC --image IMAGE --live --detach`, then waits for
-/// the provider to make the target machine; the job's id and the machine.
+/// `ferry migrate SOURCE --to new=SPEC --image IMAGE --live --detach [--direct]`, then
+/// waits for the provider to make the target machine; the job's id and the machine.
 pub async fn start_migration(
     m: &Manager,
     work: &Path,
     source: &str,
     spec: &MachineSpec,
     image: &str,
+    direct: bool,
 ) -> Result<(String, Qemu)> {
     let spec_file = work.join(format!("target-{image}.yaml"));
     std::fs::write(&spec_file, serde_json::to_string(spec)?)?;
     let to = format!("new={}", spec_file.display());
-    let job = m.ferry(&[
+    let mut args = vec![
         "migrate", source, "--to", &to, "--image", image, "--live", "--detach",
-    ])?;
+    ];
+    if direct {
+        args.push("--direct");
+    }
+    let job = m.ferry(&args)?;
     let job = job.trim().to_string();
     let shown = wait_job(m, &job, Duration::from_secs(300), "made its target", |j| {
         j["machine"].is_object()
@@ -455,8 +497,15 @@ pub async fn migrate(
     ));
     let http_port = free_port();
     let started = std::time::Instant::now();
-    let (job, mut vm) =
-        start_migration(m, work, &id, &target.spec("127.0.0.1", http_port), image).await?;
+    let (job, mut vm) = start_migration(
+        m,
+        work,
+        &id,
+        &target.spec("127.0.0.1", http_port),
+        image,
+        false,
+    )
+    .await?;
     let out = match follow {
         Follow::Json => {
             wait_job(
@@ -477,12 +526,7 @@ pub async fn migrate(
     }
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
     let shown: Value = serde_json::from_str(&out).context("the job as JSON")?;
-    let deploy = shown["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["step"] == "deploy"))
-        .with_context(|| format!("no deploy step: {shown:#}"))?;
-    let steps: Vec<StepTime> =
-        serde_json::from_value(deploy["status"]["outcome"]["steps"].clone())?;
+    let steps = deploy_steps(&shown)?;
     say("the target reboots into the migrated system…");
     vm.wait_console("FERRY-BOOTED", Duration::from_secs(900))
         .await
@@ -497,6 +541,17 @@ pub async fn migrate(
         },
         shown,
     ))
+}
+
+/// The deploy step's times of a job as `ferry job show --json` shows it.
+pub fn deploy_steps(job: &Value) -> Result<Vec<StepTime>> {
+    let deploy = job["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step"] == "deploy"))
+        .with_context(|| format!("no deploy step: {job:#}"))?;
+    Ok(serde_json::from_value(
+        deploy["status"]["outcome"]["steps"].clone(),
+    )?)
 }
 
 /// What every migrated web server must show: booted by `firmware` under the source's

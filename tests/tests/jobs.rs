@@ -2,7 +2,8 @@
 //! `ferry serve` replicas on one store, one killed while the agent captures; the other
 //! finishes the job, and the agent ran the capture once. A failed job is retried under
 //! a new command id; a migration waiting for its target is cancelled and sends nothing
-//! more.
+//! more. A direct migration captures into its own temporary repository in the
+//! library's folder, not into the library, and cancelling it deletes that repository.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,19 @@ use std::time::{Duration, Instant};
 use ferry_tests::procs::{Proc, bin, command_runs, start_agent};
 use ferry_tests::servers::Embedded;
 use serde_json::Value;
+
+/// Objects and bytes under `prefix` of `store`, all levels.
+async fn tree_size(store: &dyn ferry_mailbox::store::Store, prefix: &str) -> (u64, u64) {
+    let (mut objects, mut bytes) = (0, 0);
+    let mut folders = vec![prefix.to_string()];
+    while let Some(folder) = folders.pop() {
+        let listing = store.list(&folder).await.expect("list");
+        folders.extend(listing.folders.iter().map(|f| format!("{folder}{f}/")));
+        objects += listing.objects.len() as u64;
+        bytes += listing.sizes.iter().sum::<u64>();
+    }
+    (objects, bytes)
+}
 
 /// A manager replica: `ferry serve` on the test's store, without a store of its own.
 fn replica(embedded: &Embedded, dir: &Path, name: &str) -> Proc {
@@ -248,6 +262,53 @@ async fn a_job_survives_its_manager_and_no_command_runs_twice() {
     assert_eq!(step(&j, "deploy")["status"]["state"], "pending", "{j:#}");
     let (ok, _, err) = ferry(&cfg, &["job", "watch", &waiting]);
     assert!(!ok && err.contains("cancelled"), "{err}");
+
+    // A direct migration captures into a temporary repository of its own, which is no
+    // image of the library; cancelled, the repository is gone.
+    let direct = detach(
+        &cfg,
+        &[
+            "migrate",
+            &id[..12],
+            "--direct",
+            "--to",
+            "mac=52:54:00:00:00:98",
+            "--image",
+            "direct-web",
+            "--path",
+            &tree_s,
+        ],
+    );
+    let j = wait_job(&cfg, &direct, Duration::from_secs(120), &logs, |j| {
+        step(j, "capture")["status"]["state"] == "done"
+    });
+    assert_eq!(j["spec"]["direct"], true, "{j:#}");
+    assert_eq!(step(&j, "discard")["status"]["state"], "pending", "{j:#}");
+    let images: Value =
+        serde_json::from_str(&ferry_ok(&cfg, &["images", "--json"])).expect("images json");
+    assert!(
+        images
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["name"] != "direct-web")),
+        "a direct capture is no image of the library: {images}"
+    );
+    let store = ferry_mailbox::store::open(&embedded.manager_store()).expect("store");
+    let repo = format!("library/direct/{direct}/");
+    let (objects, bytes) = tree_size(store.as_ref(), &repo).await;
+    assert!(
+        objects > 3 && bytes >= 256 << 20,
+        "the capture is in {repo}: {objects} objects, {bytes} bytes"
+    );
+    let shown = ferry_ok(&cfg, &["job", "show", &direct]);
+    assert!(shown.contains("temporary repository"), "{shown}");
+    // The library around it is whole.
+    ferry_ok(&cfg, &["image", "check", "web"]);
+    let out = ferry_ok(&cfg, &["job", "cancel", &direct]);
+    assert!(
+        out.contains("cancelled") && out.contains("temporary repository is deleted"),
+        "{out}"
+    );
+    assert_eq!(tree_size(store.as_ref(), &repo).await, (0, 0), "{repo}");
 
     // Bad input is named.
     let (ok, _, err) = ferry(&cfg, &["job", "show", "nosuch"]);

@@ -11,14 +11,17 @@
 //!   servers, its firewall dropping every inbound connection but to those; the source
 //!   data centre holds the web server with its installed agent, and the target data
 //!   centre is the QEMU provider's hypervisor host, both dropping every inbound
-//!   connection. The job captures the source live while the provider makes the target
-//!   VM, which PXE-boots the ramdisk by connecting out; it finds the target's agent by
-//!   its MAC and deploys the default plan. One replica is killed in the middle of the
+//!   connection. The job is a direct migration: it captures the source live into a
+//!   temporary repository of its own (not the library) while the provider makes the
+//!   target VM, which PXE-boots the ramdisk by connecting out; it finds the target's
+//!   agent by its MAC, deploys the default plan, and deletes the repository. One replica is killed in the middle of the
 //!   deploy; the other finishes the job, and the target's agent ran the deploy once.
 //!   The migrated system's nginx serves the page inside the target data centre, and
 //!   nothing from the manager's or the source's host gets in there;
 //! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from
-//!   the default one), where the source had one plain disk.
+//!   the default one), where the source had one plain disk, by a two-step `ferry
+//!   migrate` job (a capture into the library, then its deploy) onto the PXE-booted
+//!   target's agent.
 
 use anyhow::{Context, Result};
 use ferry_manager::bootserver::BootConfig;
@@ -32,7 +35,7 @@ use ferry_tests::procs::{Proc, command_runs, ferry_init, ferry_serve};
 use ferry_tests::util::missing;
 use ferry_tests::vm::{Manager, qemu_provider, ramdisk, ramdisk_dir};
 use ferry_tests::webmove::{
-    Deployed, Firmware, PROVIDER, Target, capture_source, check_migrated, deploy_target,
+    Deployed, Firmware, PROVIDER, Target, Via, check_migrated, deploy_target, source_vm,
     source_vm_in, start_migration, wait_job,
 };
 use serde_json::Value;
@@ -123,13 +126,27 @@ async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Resul
     }
     let work = tempfile::tempdir()?;
     let m = Manager::start(work.path(), None)?;
-    capture_source(&m, work.path(), Firmware::Uefi, "web-uefi").await?;
+    // A first capture, for the default plan that the mirrored one is made from.
+    let (source, id) = source_vm(&m, work.path(), Firmware::Uefi, "web-uefi").await?;
+    m.ferry(&[
+        "capture",
+        &id,
+        "--image",
+        "web-uefi",
+        "--live",
+        "--timeout",
+        "1800",
+    ])?;
     let target = Target {
         firmware: Firmware::Bios,
         disks: vec![3, 3],
         mac: "52:54:00:f0:00:22",
     };
-    let d = deploy_target(&m, work.path(), &target, "web-uefi", mirrored).await?;
+    // A two-step migration: the job captures the running source again into the
+    // library, then deploys that capture with the plan.
+    let via = Via::Migrate { source: &id };
+    let d = deploy_target(&m, work.path(), &target, "web-uefi", mirrored, via).await?;
+    drop(source);
     check_migrated(&d, Firmware::Bios, target.mac).await?;
     let mounts = d.report("FERRY-MOUNT");
     assert!(
@@ -147,6 +164,26 @@ async fn a_uefi_web_server_moves_onto_raid1_and_lvm_on_a_bios_machine() -> Resul
         "{md:?}"
     );
     Ok(())
+}
+
+/// The library's folder of direct migrations' repositories.
+const DIRECT: &str = "direct";
+
+/// Files below `dir` whose path contains `part`.
+fn files_under(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.to_string_lossy().contains(part) {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// Hosts of the [`Net`].
@@ -249,8 +286,15 @@ async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_
     // ferry migrate onto a machine the provider makes in the target data centre.
     let target = Target::larger_uefi();
     let started = std::time::Instant::now();
-    let (job, vm) =
-        start_migration(&m, w, &source_id, &target.spec("0.0.0.0", HTTP_PORT), "web").await?;
+    let (job, vm) = start_migration(
+        &m,
+        w,
+        &source_id,
+        &target.spec("0.0.0.0", HTTP_PORT),
+        "web",
+        true,
+    )
+    .await?;
     let listed: Value = serde_json::from_str(&m.ferry(&["machines", "--json"])?)?;
     assert_eq!(listed[0]["machine"]["name"], job.as_str(), "{listed:#}");
     assert_eq!(listed[0]["running"], true, "{listed:#}");
@@ -265,6 +309,11 @@ async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
     drop(source);
+    // Direct: the capture is in the job's temporary repository, not the library.
+    let job_repo = format!("/library/{DIRECT}/{job}/");
+    assert!(!files_under(&data, &job_repo).is_empty(), "no {job_repo}");
+    let snapshots = files_under(&data, "/library/snapshots/");
+    assert!(snapshots.is_empty(), "{snapshots:?}");
 
     // The first replica dies in the middle of the deploy; the second finishes it.
     wait_job(&m2, &job, Duration::from_secs(900), "deploying", |j| {
@@ -281,6 +330,15 @@ async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.tail()))?;
     assert_eq!(shown["status"], "succeeded", "{shown:#}\n{}", vm.tail());
+    // Deployed, the temporary repository is gone.
+    let discarded = &shown["steps"][3];
+    assert_eq!(discarded["step"], "discard", "{shown:#}");
+    assert!(
+        discarded["status"]["outcome"]["objects"].as_u64() >= Some(5),
+        "{shown:#}"
+    );
+    let left = files_under(&data, &job_repo);
+    assert!(left.is_empty(), "{left:?}");
     let deploy = &shown["steps"][2];
     assert!(
         deploy["ended_ms"].as_u64() > Some(killed_ms),

@@ -20,6 +20,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{Job, engine};
 use crate::config::ManagerConfig;
 use crate::fleet::Fleet;
+use crate::images::Repo;
 
 /// Options of `ferry migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +47,10 @@ pub struct MigrateOptions {
     /// partition tables.
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// Capture into a temporary repository of this job, not the library; it is
+    /// deleted once the target is deployed, and the image is not kept.
+    #[arg(long)]
+    pub direct: bool,
     /// How the job is followed.
     #[command(flatten)]
     pub watch: WatchOptions,
@@ -103,6 +108,7 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
                 reboot: !opts.no_reboot,
                 keep_on_failure: opts.keep_on_failure,
             },
+            direct: opts.direct,
         },
     )
     .await?;
@@ -186,10 +192,16 @@ fn describe(spec: &JobSpec) -> String {
             source,
             image,
             target,
+            direct,
             ..
         } => format!(
-            "agent {} onto {target} through image {image}",
-            short(source)
+            "agent {} onto {target} through {} {image}",
+            short(source),
+            if *direct {
+                "a temporary repository, as image"
+            } else {
+                "image"
+            }
         ),
     }
 }
@@ -409,6 +421,12 @@ fn outcome_words(outcome: &Outcome) -> String {
         ),
         Outcome::Matched { agent } => format!("agent {}", &agent[..12.min(agent.len())]),
         Outcome::Deployed { capture, .. } => format!("capture {capture}"),
+        Outcome::Discarded { objects, bytes } => {
+            format!(
+                "temporary repository deleted: {objects} objects, {}",
+                size(*bytes)
+            )
+        }
     }
 }
 
@@ -537,6 +555,7 @@ pub fn summary(job: &Job, state: &JobState) -> String {
                         out.push_str("           the target reboots into the deployed system\n");
                     }
                 }
+                Outcome::Discarded { .. } => {}
                 Outcome::Matched { .. } => {
                     if let Some(m) = &state.machine {
                         out.push_str(&format!(
@@ -553,6 +572,12 @@ pub fn summary(job: &Job, state: &JobState) -> String {
                 }
             }
         }
+    }
+    if job.spec.direct() && state.status == JobStatus::Failed {
+        out.push_str(&format!(
+            "  its temporary repository is kept for `ferry job retry {0}`; `ferry job cancel {0}` deletes it\n",
+            job.spec.id
+        ));
     }
     for p in job.problems.iter().chain(&state.ignored) {
         out.push_str(&format!("  ! {p}\n"));
@@ -641,27 +666,51 @@ fn who() -> String {
 }
 
 /// `ferry job cancel ID`: no further command is sent; a step already with an agent
-/// runs to its end there (agents cannot stop a command midway yet).
+/// runs to its end there (agents cannot stop a command midway yet). A direct
+/// migration's temporary repository is deleted, also when the job has failed or was
+/// cancelled before (a capture still running may have written on into it).
 pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
     let fleet = crate::cli::fleet(config)?;
     let id = super::resolve(fleet.store(), id).await?;
     let job = super::load(fleet.store(), &id).await?;
     let state = job.state();
-    if state.status != JobStatus::Running {
-        bail!("job {id} has already {}", state.status);
+    let direct = job.spec.direct();
+    match state.status {
+        JobStatus::Running => {
+            super::append(fleet.store(), &job, EventKind::Cancelled { by: who() }).await?;
+            println!("job {id} cancelled");
+        }
+        JobStatus::Failed | JobStatus::Cancelled if direct => {
+            if state.status == JobStatus::Failed {
+                super::append(fleet.store(), &job, EventKind::Cancelled { by: who() }).await?;
+            }
+            println!("job {id} has {}", JobStatus::Cancelled);
+        }
+        status => bail!("job {id} has already {status}"),
     }
-    super::append(fleet.store(), &job, EventKind::Cancelled { by: who() }).await?;
     let running: Vec<String> = state
         .steps
         .iter()
         .filter(|s| matches!(s.status, StepStatus::Running { .. }))
         .map(|s| s.step.to_string())
         .collect();
-    println!("job {id} cancelled");
-    if !running.is_empty() {
+    if !running.is_empty() && state.status == JobStatus::Running {
         println!(
             "  still running on its agent, to its end: {}",
             running.join(", ")
+        );
+    }
+    if direct {
+        let repo = Repo::direct(config, &id)?;
+        let (objects, bytes) = repo.with(|lib| lib.discard()).await.with_context(|| {
+            format!(
+                "job {id}: deleting its temporary repository {}; run `ferry job cancel {id}` again",
+                repo.url()
+            )
+        })?;
+        println!(
+            "  its temporary repository is deleted: {objects} objects, {}",
+            size(bytes)
         );
     }
     Ok(())

@@ -13,6 +13,7 @@ use tracing::info;
 use super::Job;
 use crate::config::ManagerConfig;
 use crate::fleet::Fleet;
+use crate::images::Repo;
 
 /// How many events one call of [`advance`] records at most (a job has few steps; the
 /// bound keeps a replica that keeps losing races from looping).
@@ -65,7 +66,7 @@ async fn work_on(
     let agent = match s {
         Step::Capture => job.spec.source().map(str::to_string),
         Step::Deploy => state.target_agent().map(str::to_string),
-        Step::Target => None,
+        Step::Target | Step::Discard => None,
     };
     if let Some(agent) = &agent
         && let Some(body) = answer(fleet, agent, &command_id).await?
@@ -74,6 +75,7 @@ async fn work_on(
     }
     let sent = match s {
         Step::Target => return find_target(config, fleet, job, state, attempt).await,
+        Step::Discard => return Ok(Some(discard(config, job, attempt).await)),
         Step::Capture => send_capture(config, fleet, job, &command_id).await,
         Step::Deploy => send_deploy(config, fleet, job, state, &command_id).await,
     };
@@ -221,9 +223,10 @@ async fn send_capture(
         } => (source, image, capture),
         JobKind::Deploy { .. } => anyhow::bail!("a deploy job captures nothing"),
     };
-    crate::images::ensure_library(config).await?;
-    let cmd = crate::images::send_with_library(config, fleet, source, command_id, |library| {
-        Action::Capture {
+    let repo = Repo::of_job(config, &job.spec)?;
+    repo.ensure().await?;
+    let cmd = repo
+        .send(fleet, source, command_id, |library| Action::Capture {
             image: image.clone(),
             library,
             paths: settings.paths.clone(),
@@ -231,9 +234,8 @@ async fn send_capture(
             live: settings.live,
             freeze: settings.freeze,
             raw: Vec::new(),
-        }
-    })
-    .await?;
+        })
+        .await?;
     Ok((source.clone(), cmd.seq))
 }
 
@@ -260,8 +262,9 @@ async fn send_deploy(
         .target_agent()
         .context("the target's agent is not known yet")?
         .to_string();
+    let repo = Repo::of_job(config, &job.spec)?;
     let plan = crate::deploy::checked_plan(
-        config,
+        &repo,
         fleet,
         image,
         capture,
@@ -271,13 +274,35 @@ async fn send_deploy(
     )
     .await?;
     let reboot = settings.reboot;
-    let cmd = crate::images::send_with_library(config, fleet, &target, command_id, |library| {
-        Action::Deploy {
+    let cmd = repo
+        .send(fleet, &target, command_id, |library| Action::Deploy {
             library,
             plan: Box::new(plan),
             reboot,
-        }
-    })
-    .await?;
+        })
+        .await?;
     Ok((target, cmd.seq))
+}
+
+/// Deletes a direct migration's temporary repository: the step's outcome, or its
+/// failure (run again by `ferry job retry`).
+async fn discard(config: &ManagerConfig, job: &Job, attempt: u32) -> EventKind {
+    let step = Step::Discard;
+    let done = async {
+        Repo::direct(config, &job.spec.id)?
+            .with(|lib| lib.discard())
+            .await
+    };
+    match done.await {
+        Ok((objects, bytes)) => EventKind::Done {
+            step,
+            attempt,
+            outcome: Outcome::Discarded { objects, bytes },
+        },
+        Err(e) => EventKind::Failed {
+            step,
+            attempt,
+            error: format!("{e:#}"),
+        },
+    }
 }

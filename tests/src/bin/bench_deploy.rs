@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 use ferry_tests::bench::{machine, now_utc};
 use ferry_tests::debian::{WEB_MARKER, web_source_disk};
 use ferry_tests::vm::Manager;
-use ferry_tests::webmove::{Firmware, Target, capture_source, deploy_target};
+use ferry_tests::webmove::{Firmware, Target, Via, capture_source, deploy_target};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -22,7 +22,7 @@ async fn main() -> Result<()> {
     let captured = t.elapsed().as_secs_f64();
     let target = Target::larger_uefi();
     let t = Instant::now();
-    let d = deploy_target(&m, work.path(), &target, "web", |p| p).await?;
+    let d = deploy_target(&m, work.path(), &target, "web", |p| p, Via::Deploy).await?;
     let pxe_and_deploy = t.elapsed().as_secs_f64();
     ensure!(d.http_get().await?.trim() == WEB_MARKER, "the page differs");
     let bytes: u64 = capture["filesystems"]
