@@ -21,6 +21,16 @@ pub const TAG_CAPTURE: &str = "ferry-capture=";
 /// Tag of the snapshot that holds a capture's manifest.
 pub const TAG_MANIFEST: &str = "ferry-manifest";
 
+/// What [`Library::create`] found.
+enum Made {
+    /// This call created the library.
+    Created,
+    /// One was there already.
+    Existed,
+    /// Another creator wrote its config while this call was creating one.
+    Lost,
+}
+
 /// How long [`Library::ensure`] waits for a library another creator is making.
 const ENSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -310,10 +320,11 @@ impl Library {
     /// Creates the library (restic repository format 2, compressed). Refuses when one
     /// is there already, also when another creator made it first while this one ran.
     pub fn init(&self) -> Result<()> {
-        if self.create()? {
-            Ok(())
-        } else {
-            bail!("library {}: one exists there already", self.location)
+        match self.create()? {
+            Made::Created => Ok(()),
+            Made::Existed | Made::Lost => {
+                bail!("library {}: one exists there already", self.location)
+            }
         }
     }
 
@@ -321,8 +332,10 @@ impl Library {
     /// once (manager replicas): one creator wins, the others wait until its library
     /// opens. Returns whether this call created it.
     pub fn ensure(&self) -> Result<bool> {
-        if self.create()? {
-            return Ok(true);
+        match self.create()? {
+            Made::Created => return Ok(true),
+            Made::Existed => return Ok(false),
+            Made::Lost => {}
         }
         let deadline = std::time::Instant::now() + ENSURE_WAIT;
         loop {
@@ -341,10 +354,10 @@ impl Library {
         }
     }
 
-    /// Creates the library; `false` when one was there or another creator won.
-    fn create(&self) -> Result<bool> {
+    /// Creates the library unless one is there.
+    fn create(&self) -> Result<Made> {
         if self.exists()? {
-            return Ok(false);
+            return Ok(Made::Existed);
         }
         let be = Arc::new(StoreBackend::creating(
             self.store.clone(),
@@ -359,8 +372,8 @@ impl Library {
                 &Self::config_options(),
             );
         match made {
-            Ok(_) => Ok(true),
-            Err(_) if be.lost_creation() => Ok(false),
+            Ok(_) => Ok(Made::Created),
+            Err(_) if be.lost_creation() => Ok(Made::Lost),
             Err(e) => Err(rustic(format!("library {}: creating it", self.location))(e)),
         }
     }

@@ -98,6 +98,8 @@ fn wrong_key_missing_library_and_bad_requests_are_clear_errors() {
     let e = missing_lib.init().expect_err("init twice").to_string();
     assert!(e.contains("one exists there already"), "{e}");
     let wrong = Library::connect(&loc, "not the password").expect("connect");
+    // A library that is there is left alone, whoever asks; opening it is what fails.
+    assert!(!wrong.ensure().expect("ensure over a library"));
     let e = wrong.images().expect_err("wrong key").to_string();
     assert!(e.contains("the password does not open it"), "{e}");
     let e = Library::connect(&loc, "")
