@@ -357,7 +357,13 @@ impl Library {
     /// Creates the library unless one is there.
     fn create(&self) -> Result<Made> {
         if self.exists()? {
-            return Ok(Made::Existed);
+            // A config without a key is a creator between its two writes (or one that
+            // died there): wait for it like a lost race.
+            return Ok(if self.has_key()? {
+                Made::Existed
+            } else {
+                Made::Lost
+            });
         }
         let be = Arc::new(StoreBackend::creating(
             self.store.clone(),
@@ -373,9 +379,20 @@ impl Library {
             );
         match made {
             Ok(_) => Ok(Made::Created),
-            Err(_) if be.lost_creation() => Ok(Made::Lost),
+            // rustic_core itself refuses when a config appeared after our look.
+            Err(_) if be.lost_creation() || self.exists()? => Ok(Made::Lost),
             Err(e) => Err(rustic(format!("library {}: creating it", self.location))(e)),
         }
+    }
+
+    /// Whether the library has a key file.
+    fn has_key(&self) -> Result<bool> {
+        let keys = format!("{}keys/", self.location.prefix);
+        let listing = self
+            .handle()
+            .block_on(self.store.list(&keys))
+            .with_context(|| format!("library {}: listing its keys", self.location))?;
+        Ok(!listing.objects.is_empty())
     }
 
     /// Repository settings of a new library: data packs stay under 48 MiB (a pack

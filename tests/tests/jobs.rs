@@ -310,6 +310,41 @@ async fn a_job_survives_its_manager_and_no_command_runs_twice() {
     );
     assert_eq!(tree_size(store.as_ref(), &repo).await, (0, 0), "{repo}");
 
+    // Cancelled while its agent captures, the repository is kept until the capture
+    // has ended; cancelling again then deletes everything it wrote.
+    let busy = detach(
+        &cfg,
+        &[
+            "migrate",
+            &id[..12],
+            "--direct",
+            "--to",
+            "mac=52:54:00:00:00:97",
+            "--image",
+            "direct-web",
+            "--path",
+            &tree_s,
+        ],
+    );
+    wait_job(&cfg, &busy, Duration::from_secs(60), &logs, |j| {
+        step(j, "capture")["status"]["state"] == "running"
+    });
+    let repo = format!("library/direct/{busy}/");
+    let mut out = ferry_ok(&cfg, &["job", "cancel", &busy]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.contains("temporary repository is deleted") {
+        assert!(
+            out.contains("is kept while its agent still runs capture"),
+            "{out}"
+        );
+        assert!(Instant::now() < deadline, "{out}\n{}", agent.log());
+        std::thread::sleep(Duration::from_secs(1));
+        out = ferry_ok(&cfg, &["job", "cancel", &busy]);
+    }
+    assert_eq!(runs(&agent, &format!("{busy}-capture-1")), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tree_size(store.as_ref(), &repo).await, (0, 0), "{repo}");
+
     // Bad input is named.
     let (ok, _, err) = ferry(&cfg, &["job", "show", "nosuch"]);
     assert!(!ok && err.contains("no such job"), "{err}");

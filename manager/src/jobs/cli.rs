@@ -667,8 +667,8 @@ fn who() -> String {
 
 /// `ferry job cancel ID`: no further command is sent; a step already with an agent
 /// runs to its end there (agents cannot stop a command midway yet). A direct
-/// migration's temporary repository is deleted, also when the job has failed or was
-/// cancelled before (a capture still running may have written on into it).
+/// migration's temporary repository is deleted once no agent works in it any more;
+/// cancelling again (also a failed direct job) deletes what is left.
 pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
     let fleet = crate::cli::fleet(config)?;
     let id = super::resolve(fleet.store(), id).await?;
@@ -684,7 +684,7 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
             if state.status == JobStatus::Failed {
                 super::append(fleet.store(), &job, EventKind::Cancelled { by: who() }).await?;
             }
-            println!("job {id} has {}", JobStatus::Cancelled);
+            println!("job {id} is cancelled");
         }
         status => bail!("job {id} has already {status}"),
     }
@@ -701,7 +701,33 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
         );
     }
     if direct {
+        // Deleted only once the cancel has stuck and no agent works in it any more.
+        let job = super::load(fleet.store(), &id).await?;
+        let state = job.state();
+        if state.status != JobStatus::Cancelled {
+            bail!(
+                "job {id}: the cancel did not stick (another manager wrote at the same time); run `ferry job cancel {id}` again"
+            );
+        }
         let repo = Repo::direct(config, &id)?;
+        let mut busy = Vec::new();
+        for s in &state.steps {
+            if let StepStatus::Running {
+                agent, command_id, ..
+            } = &s.status
+                && fleet.reply_now(agent, command_id).await?.is_none()
+            {
+                busy.push(s.step.to_string());
+            }
+        }
+        if !busy.is_empty() {
+            println!(
+                "  its temporary repository {} is kept while its agent still runs {}; run `ferry job cancel {id}` again once that has ended",
+                repo.url(),
+                busy.join(", ")
+            );
+            return Ok(());
+        }
         let (objects, bytes) = repo.with(|lib| lib.discard()).await.with_context(|| {
             format!(
                 "job {id}: deleting its temporary repository {}; run `ferry job cancel {id}` again",
