@@ -104,6 +104,7 @@ pub fn run_command(
                 fs: fs.clone(),
                 target: PathBuf::from(to),
                 overwrite: *overwrite,
+                follow: None,
             };
             let report = ferry_image::restore(&lib, &req, meter)?;
             if report.error_count > 0 {
@@ -175,6 +176,7 @@ fn capture_paths(
         hostname: host.read("/proc/sys/kernel/hostname").unwrap_or_default(),
         survey: None,
         warnings: plan.warnings.clone(),
+        ..Default::default()
     };
     // The survey (for the manifest) runs while the filesystems are read.
     ferry_image::capture_surveyed(lib, &req, meter, || Some(crate::survey::survey()))

@@ -180,6 +180,7 @@ fn main() -> std::process::ExitCode {
                 fs,
                 target: to,
                 overwrite,
+                follow: None,
             };
             ferry_agent::library::restore(&lib, &req, json)
         }),

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
 use ferry_model::image::{
-    Consistency, FsImage, MANIFEST_PATH, MANIFEST_VERSION, Manifest, RootMeta, check_image_name,
+    Consistency, FsImage, MANIFEST_PATH, MANIFEST_VERSION, Manifest, PendingFs, RootMeta,
+    check_image_name,
 };
 use ferry_model::survey::Survey;
 use rustic_core::repofile::{FileType, Metadata, Node, NodeType, SnapshotFile, SnapshotId};
@@ -23,7 +24,7 @@ use rustic_core::{
 };
 
 use crate::archive::Archived;
-use crate::library::{Library, TAG_CAPTURE, TAG_IMAGE, TAG_MANIFEST, rustic};
+use crate::library::{Library, TAG_CAPTURE, TAG_IMAGE, TAG_MANIFEST, TAG_PARTIAL, rustic};
 use crate::progress::{Bars, Meter};
 
 /// One tree to capture.
@@ -84,6 +85,12 @@ pub struct CaptureRequest {
     pub survey: Option<Survey>,
     /// Warnings the caller already has (e.g. a snapshot that could not be taken).
     pub warnings: Vec<String>,
+    /// The capture's id, when the caller fixes it in advance (so that a deploy can
+    /// wait for this capture's filesystems); a new time-ordered id when `None`.
+    pub capture: Option<String>,
+    /// Write a partial manifest before the first filesystem and after each (the
+    /// survey is then taken first), so a restore can follow the capture.
+    pub progressive: bool,
 }
 
 /// Captures `req` into the library; returns the manifest written last.
@@ -99,15 +106,34 @@ pub fn capture_surveyed(
     meter: &Arc<Meter>,
     survey: impl FnOnce() -> Option<Survey> + Send,
 ) -> Result<Manifest> {
+    if req.progressive {
+        // A partial manifest carries the survey, so it comes first.
+        let survey = survey();
+        let (repo, manifest) = read_filesystems(lib, req, meter, Some(survey.as_ref()))?;
+        write_manifest(lib, &repo, req, &manifest, survey.as_ref(), TAG_MANIFEST)?;
+        return Ok(manifest);
+    }
     std::thread::scope(|s| {
         let survey = s.spawn(survey);
-        let read = read_filesystems(lib, req, meter);
+        let read = read_filesystems(lib, req, meter, None);
         let survey = survey.join();
         let (repo, manifest) = read?;
         let survey = survey.map_err(|_| anyhow!("image {}: the survey failed", req.image))?;
-        write_manifest(lib, &repo, req, &manifest, survey)?;
+        write_manifest(lib, &repo, req, &manifest, survey.as_ref(), TAG_MANIFEST)?;
         Ok(manifest)
     })
+}
+
+/// A capture id given by the caller: what the library's tags and a job's records can
+/// carry.
+fn check_capture_id(id: &str) -> Result<()> {
+    let fine = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if id.is_empty() || id.len() > 64 || !id.chars().all(fine) {
+        return Err(anyhow!(
+            "capture id {id:?}: use 1 to 64 lowercase letters, digits and dashes"
+        ));
+    }
+    Ok(())
 }
 
 /// The library opened for a capture: with its index read, unless nothing is to be
@@ -148,12 +174,18 @@ impl Opened {
 }
 
 /// Everything of a capture but its manifest: the open library and the manifest.
+/// With `partials` (the survey they carry), the library is told of the capture's
+/// progress before each filesystem and after the last (see [`Manifest::pending`]).
 fn read_filesystems(
     lib: &Library,
     req: &CaptureRequest,
     meter: &Arc<Meter>,
+    partials: Option<Option<&Survey>>,
 ) -> Result<(Opened, Manifest)> {
     check_image_name(&req.image).map_err(|e| anyhow!(e))?;
+    if let Some(id) = &req.capture {
+        check_capture_id(id)?;
+    }
     if req.filesystems.is_empty() {
         return Err(anyhow!("image {}: nothing to capture", req.image));
     }
@@ -215,7 +247,10 @@ fn read_filesystems(
     } else {
         Opened::index(repo)?
     };
-    let capture = uuid::Uuid::now_v7().simple().to_string();
+    let capture = match &req.capture {
+        Some(id) => id.clone(),
+        None => uuid::Uuid::now_v7().simple().to_string(),
+    };
     let started = now();
     let mut manifest = Manifest {
         version: MANIFEST_VERSION,
@@ -228,10 +263,74 @@ fn read_filesystems(
         filesystems: Vec::new(),
         warnings: req.warnings.clone(),
         survey: None,
+        pending: Vec::new(),
+        abandoned: None,
     };
-    for (fs, walked) in req.filesystems.iter().zip(walked) {
+    let partial = |manifest: &Manifest| {
+        let mut partial = manifest.clone();
+        partial.pending = req.filesystems[manifest.filesystems.len().min(req.filesystems.len())..]
+            .iter()
+            .map(|fs| PendingFs {
+                path: fs.path.clone(),
+                fstype: fs.fstype.clone(),
+                raw: fs.raw,
+            })
+            .collect();
+        partial
+    };
+    let tell = |manifest: &Manifest| -> Result<()> {
+        let Some(survey) = partials else {
+            return Ok(());
+        };
+        write_manifest(lib, &opened, req, &partial(manifest), survey, TAG_PARTIAL)
+            .context("telling the library of the capture's progress")
+    };
+    let read = (|| {
+        tell(&manifest)?;
+        for (fs, walked) in req.filesystems.iter().zip(walked) {
+            let parent = parent_of(fs);
+            let kept = kept(fs, &walked);
+            let tree = Tree { fs, parent, kept };
+            read_filesystem(lib, req, meter, &opened, &mut manifest, tree)?;
+            tell(&manifest)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = read {
+        if let Some(survey) = partials {
+            // Whoever follows the capture learns it will not finish (if the library
+            // can still be written).
+            let mut last = partial(&manifest);
+            last.abandoned = Some(format!("{e:#}"));
+            let _ = write_manifest(lib, &opened, req, &last, survey, TAG_PARTIAL);
+        }
+        return Err(e);
+    }
+    manifest.finished = now();
+    Ok((opened, manifest))
+}
+
+/// One tree of a capture: its source, the previous capture's tree, and that tree
+/// when a walk before the capture found it unchanged.
+struct Tree<'a> {
+    fs: &'a FsSource,
+    parent: Option<&'a Previous>,
+    kept: Option<&'a Previous>,
+}
+
+/// Reads one tree of a capture into its snapshot; adds it to `manifest`.
+fn read_filesystem(
+    lib: &Library,
+    req: &CaptureRequest,
+    meter: &Arc<Meter>,
+    opened: &Opened,
+    manifest: &mut Manifest,
+    tree: Tree<'_>,
+) -> Result<()> {
+    let Tree { fs, parent, kept } = tree;
+    let capture = manifest.capture.clone();
+    {
         meter.phase(&format!("capture {}", fs.path), None);
-        let parent = parent_of(fs);
         let mut consistency = fs.consistency;
         let mut why_live = None;
         let held = fs.hold.as_ref().and_then(|h| match h.begin() {
@@ -242,12 +341,16 @@ fn read_filesystems(
             }
         });
         let read = (|| {
-            let walked = match (&held, parent) {
-                (Some(_), Some(_)) => fingerprint(fs, &req.excludes, &AtomicBool::new(true)),
-                _ => walked,
+            let kept = match (&held, parent) {
+                // A frozen tree is walked inside its freeze.
+                (Some(_), Some(p)) => {
+                    let walked = fingerprint(fs, &req.excludes, &AtomicBool::new(true));
+                    (walked.is_some() && p.fs.fingerprint == walked).then_some(p)
+                }
+                _ => kept,
             };
-            match kept(fs, &walked) {
-                Some(p) => with_repo!(&opened, |r| keep_tree(lib, r, req, &capture, fs, p)),
+            match kept {
+                Some(p) => with_repo!(opened, |r| keep_tree(lib, r, req, &capture, fs, p)),
                 None => capture_tree(opened.indexed()?, lib, req, &capture, fs, parent, meter),
             }
         })();
@@ -294,8 +397,7 @@ fn read_filesystems(
             fingerprint,
         });
     }
-    manifest.finished = now();
-    Ok((opened, manifest))
+    Ok(())
 }
 
 fn now() -> String {
@@ -650,7 +752,8 @@ pub fn root_meta(dir: &Path) -> Result<RootMeta> {
     })
 }
 
-/// Writes the manifest as the capture's last snapshot: the full manifest as
+/// Writes the manifest as the capture's last snapshot (`kind` [`TAG_MANIFEST`]), or a
+/// partial one while it runs ([`TAG_PARTIAL`]): the full manifest as
 /// `/.ferry/manifest.json`, and without the survey in the snapshot's description so
 /// listing images reads no data.
 fn write_manifest(
@@ -658,19 +761,20 @@ fn write_manifest(
     opened: &Opened,
     req: &CaptureRequest,
     manifest: &Manifest,
-    survey: Option<Survey>,
+    survey: Option<&Survey>,
+    kind: &str,
 ) -> Result<()> {
     let what = "writing the manifest";
     let dir = tempfile_dir()?;
     let file = dir.join("manifest.json");
     let mut full = manifest.clone();
-    full.survey = survey.map(Box::new);
+    full.survey = survey.cloned().map(Box::new);
     let json = serde_json::to_vec_pretty(&full)?;
     std::fs::write(&file, &json).with_context(|| format!("{}: cannot write", file.display()))?;
     let result = (|| {
         let mut snap = SnapshotOptions::default()
             .host(req.hostname.clone())
-            .add_tags(&format!("{},{TAG_MANIFEST}", tags(req, &manifest.capture)))
+            .add_tags(&format!("{},{kind}", tags(req, &manifest.capture)))
             .map_err(rustic(what))?
             .to_snapshot()
             .map_err(rustic(what))?;
@@ -731,6 +835,7 @@ fn tempfile_dir() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// What a capture of `dir` with `excludes` made of it: the fingerprint, and
     /// whether the parent's tree was kept without reading.
@@ -768,11 +873,7 @@ mod tests {
         std::fs::create_dir_all(src.join("skip"))?;
         std::fs::write(src.join("a"), b"a")?;
         std::fs::write(src.join("skip/b"), b"b")?;
-        let lib = Library::connect(
-            &crate::Location::parse(&dir.path().join("lib").to_string_lossy())?,
-            "pw",
-        )?;
-        lib.init()?;
+        let lib = library_in(dir.path())?;
 
         let (first, kept) = capture_of(&lib, &src, &[])?;
         assert!(!kept, "a first capture reads the tree");
@@ -796,6 +897,245 @@ mod tests {
         let atime = std::fs::metadata(src.join("a"))?.accessed()?;
         assert_ne!(atime, std::time::SystemTime::UNIX_EPOCH);
         assert!(capture_of(&lib, &src, &["/skip"])?.1, "a file read: kept");
+        Ok(())
+    }
+
+    /// A new library in `dir`.
+    fn library_in(dir: &Path) -> Result<Library> {
+        let lib = Library::connect(
+            &crate::Location::parse(&dir.join("lib").to_string_lossy())?,
+            "pw",
+        )?;
+        lib.init()?;
+        Ok(lib)
+    }
+
+    /// Holds its tree back until opened (or a minute passed); with `remove`, the
+    /// tree is gone when it lets go.
+    #[derive(Debug, Default)]
+    struct Gate {
+        open: (Mutex<bool>, std::sync::Condvar),
+        opened_in_time: AtomicBool,
+        remove: Option<PathBuf>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            if let Ok(mut open) = self.open.0.lock() {
+                *open = true;
+            }
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Hold for Gate {
+        fn begin(&self) -> Result<()> {
+            let open = self.open.0.lock().map_err(|_| anyhow!("poisoned"))?;
+            let (open, timeout) = self
+                .open
+                .1
+                .wait_timeout_while(open, std::time::Duration::from_secs(60), |o| !*o)
+                .map_err(|_| anyhow!("poisoned"))?;
+            self.opened_in_time
+                .store(*open && !timeout.timed_out(), Ordering::SeqCst);
+            if let Some(dir) = &self.remove {
+                std::fs::remove_dir_all(dir)?;
+            }
+            Ok(())
+        }
+        fn end(&self) -> Option<String> {
+            None
+        }
+    }
+
+    fn tree(root: &Path, files: &[(&str, &str)]) -> Result<PathBuf> {
+        for (name, text) in files {
+            let file = root.join(name);
+            std::fs::create_dir_all(file.parent().unwrap_or(root))?;
+            std::fs::write(file, text)?;
+        }
+        Ok(root.to_path_buf())
+    }
+
+    fn progressive(id: &str, root: PathBuf, var: PathBuf, gate: &Arc<Gate>) -> CaptureRequest {
+        CaptureRequest {
+            image: "web".into(),
+            filesystems: vec![
+                FsSource {
+                    path: "/".into(),
+                    read_from: root,
+                    fstype: Some("ext4".into()),
+                    ..Default::default()
+                },
+                FsSource {
+                    path: "/var".into(),
+                    read_from: var,
+                    fstype: Some("xfs".into()),
+                    hold: Some(gate.clone()),
+                    ..Default::default()
+                },
+            ],
+            hostname: "web".into(),
+            survey: Some(Survey::default()),
+            capture: Some(id.into()),
+            progressive: true,
+            ..Default::default()
+        }
+    }
+
+    fn following(fs: &str, at: &str, target: &Path, secs: u64) -> crate::RestoreRequest {
+        crate::RestoreRequest {
+            image: "web".into(),
+            at: Some(at.into()),
+            fs: fs.into(),
+            target: target.to_path_buf(),
+            overwrite: false,
+            follow: Some(std::time::Duration::from_secs(secs)),
+        }
+    }
+
+    /// Restores started before a progressive capture follow it: the layout is there
+    /// before any filesystem, and `/` is restored while `/var` is still held back
+    /// (it is only read once that restore finished).
+    #[test]
+    fn restores_follow_a_progressive_capture() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = tree(
+            &dir.path().join("root"),
+            &[("etc/hostname", "web\n"), ("bin/sh", "#!")],
+        )?;
+        let var = tree(&dir.path().join("var"), &[("log/syslog", "booted\n")])?;
+        let lib = library_in(dir.path())?;
+        let (to_root, to_var) = (dir.path().join("to-root"), dir.path().join("to-var"));
+        std::fs::create_dir_all(&to_root)?;
+        std::fs::create_dir_all(&to_var)?;
+        let gate = Arc::new(Gate::default());
+        let id = "0195job-capture";
+        std::thread::scope(|s| -> Result<()> {
+            let layout = s.spawn(|| lib.manifest_following("web", id, Duration::from_secs(60)));
+            let first = s.spawn(|| {
+                let done =
+                    crate::restore(&lib, &following("/", id, &to_root, 60), &Meter::silent());
+                gate.open();
+                done
+            });
+            let second = s.spawn(|| {
+                crate::restore(&lib, &following("/var", id, &to_var, 60), &Meter::silent())
+            });
+            std::thread::sleep(Duration::from_millis(1500));
+            let captured = capture(
+                &lib,
+                &progressive(id, root.clone(), var.clone(), &gate),
+                &Meter::silent(),
+            );
+            fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> Result<T> {
+                h.join().map_err(|_| anyhow!("panicked"))
+            }
+            let layout: Manifest = join(layout)??;
+            let (first, second) = (join(first)??, join(second)??);
+            let manifest = captured?;
+            assert_eq!(manifest.capture, id);
+            assert!(manifest.pending.is_empty() && manifest.abandoned.is_none());
+            assert!(
+                layout.survey.is_some(),
+                "a partial manifest carries the survey"
+            );
+            let paths: Vec<&str> = layout
+                .filesystems
+                .iter()
+                .map(|f| f.path.as_str())
+                .chain(layout.pending.iter().map(|p| p.path.as_str()))
+                .collect();
+            assert_eq!(paths, ["/", "/var"]);
+            assert!(
+                gate.opened_in_time.load(Ordering::SeqCst),
+                "/ was restored while /var waited"
+            );
+            assert_eq!((first.error_count, second.error_count), (0, 0));
+            Ok(())
+        })?;
+        assert_eq!(
+            std::fs::read_to_string(to_root.join("etc/hostname"))?,
+            "web\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(to_var.join("log/syslog"))?,
+            "booted\n"
+        );
+        // Partial manifests are no images of their own.
+        let images = lib.images()?;
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].captures.len(), 1);
+        Ok(())
+    }
+
+    /// A capture that stops tells its followers why; a restore for a filesystem the
+    /// capture does not have, or of a capture that never starts, ends with an error
+    /// that says so.
+    #[test]
+    fn followers_of_a_capture_that_fails_or_never_comes_are_told() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = tree(&dir.path().join("root"), &[("etc/hostname", "web\n")])?;
+        let var = tree(&dir.path().join("var"), &[("log/syslog", "booted\n")])?;
+        let lib = library_in(dir.path())?;
+        let to = dir.path().join("to");
+        std::fs::create_dir_all(&to)?;
+        let gate = Arc::new(Gate {
+            remove: Some(var.clone()),
+            ..Default::default()
+        });
+        gate.open();
+        let failed = capture(
+            &lib,
+            &progressive("doomed", root, var, &gate),
+            &Meter::silent(),
+        );
+        let why = format!(
+            "{:#}",
+            failed
+                .err()
+                .ok_or_else(|| anyhow!("the capture of a vanished tree succeeded"))?
+        );
+        // The error of a restore that must fail.
+        let refused = |fs: &str, at: &str, secs: u64| -> Result<String> {
+            match crate::restore(&lib, &following(fs, at, &to, secs), &Meter::silent()) {
+                Ok(_) => Err(anyhow!("restored {fs} of capture {at}")),
+                Err(e) => Ok(format!("{e:#}")),
+            }
+        };
+        let text = refused("/var", "doomed", 30)?;
+        assert!(
+            text.contains("capture doomed: filesystem /var: the capture stopped before writing it"),
+            "{text}"
+        );
+        assert!(text.contains(&why), "{text} / {why}");
+        // What it wrote before it stopped restores.
+        crate::restore(&lib, &following("/", "doomed", &to, 30), &Meter::silent())?;
+        assert_eq!(std::fs::read_to_string(to.join("etc/hostname"))?, "web\n");
+
+        let text = refused("/srv", "doomed", 30)?;
+        assert!(
+            text.contains("the capture has no such filesystem; it has /, /var"),
+            "{text}"
+        );
+        let started = std::time::Instant::now();
+        let text = refused("/", "never", 2)?;
+        assert!(
+            text.contains("capture never: filesystem /: not written after 2 s"),
+            "{text}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let err = capture(
+            &lib,
+            &progressive("Bad Id", dir.path().into(), dir.path().into(), &gate),
+            &Meter::silent(),
+        )
+        .err()
+        .ok_or_else(|| anyhow!("took a bad capture id"))?;
+        assert!(
+            format!("{err:#}").contains("capture id \"Bad Id\""),
+            "{err:#}"
+        );
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_mailbox::store::{self, Store, StoreConfig};
@@ -20,6 +21,11 @@ pub const TAG_IMAGE: &str = "ferry-image=";
 pub const TAG_CAPTURE: &str = "ferry-capture=";
 /// Tag of the snapshot that holds a capture's manifest.
 pub const TAG_MANIFEST: &str = "ferry-manifest";
+/// Tag of a snapshot holding a partial manifest of a capture in progress.
+pub const TAG_PARTIAL: &str = "ferry-partial";
+
+/// How often a restore following a capture looks for what it has written.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
 /// What [`Library::create`] found.
 enum Made {
@@ -498,8 +504,28 @@ impl Library {
             .to_indexed()
             .map_err(rustic("reading the library's index"))?;
         let snap = self.manifest_snapshot(&repo, image, at)?;
+        Self::full_manifest(&repo, &snap, image)
+    }
+
+    /// The full manifest of capture `at` of `image` as far as it is written, waiting
+    /// up to `wait` for the capture to write its first partial manifest: the complete
+    /// manifest, or a partial one (with its survey and [`Manifest::pending`]).
+    pub fn manifest_following(&self, image: &str, at: &str, wait: Duration) -> Result<Manifest> {
+        let repo = self.open()?;
+        let (snap, _) = self.follow(&repo, image, at, None, wait)?;
+        let repo = repo
+            .to_indexed()
+            .map_err(rustic("reading the library's index"))?;
+        Self::full_manifest(&repo, &snap, image)
+    }
+
+    fn full_manifest<S: rustic_core::IndexedFull>(
+        repo: &Repository<S>,
+        snap: &SnapshotFile,
+        image: &str,
+    ) -> Result<Manifest> {
         let node = repo
-            .node_from_snapshot_and_path(&snap, MANIFEST_PATH)
+            .node_from_snapshot_and_path(snap, MANIFEST_PATH)
             .map_err(rustic(format!("image {image}: its manifest")))?;
         let mut bytes = Vec::new();
         repo.dump(&node, &mut bytes)
@@ -614,6 +640,87 @@ impl Library {
             }
             Ok((objects, bytes))
         })
+    }
+
+    /// Capture `at` of `image` as far as it is written: its manifest snapshot, else
+    /// its furthest partial one (an abandoning one first), with the manifest summary;
+    /// `None` before the capture wrote either.
+    pub(crate) fn written_so_far<S: Open>(
+        repo: &Repository<S>,
+        image: &str,
+        at: &str,
+    ) -> Result<Option<(SnapshotFile, Manifest)>> {
+        let (of_image, of_capture) = (format!("{TAG_IMAGE}{image}"), format!("{TAG_CAPTURE}{at}"));
+        let mut best: Option<((bool, bool, usize), SnapshotFile, Manifest)> = None;
+        for snap in repo
+            .get_all_snapshots()
+            .map_err(rustic("reading the library's snapshots"))?
+        {
+            let complete = snap.tags.contains(TAG_MANIFEST);
+            if !(snap.tags.contains(&of_image) && snap.tags.contains(&of_capture))
+                || !(complete || snap.tags.contains(TAG_PARTIAL))
+            {
+                continue;
+            }
+            let m = Self::summary_of(&snap)?;
+            let rank = (complete, m.abandoned.is_some(), m.filesystems.len());
+            if best.as_ref().is_none_or(|(r, ..)| rank > *r) {
+                best = Some((rank, snap, m));
+            }
+        }
+        Ok(best.map(|(_, snap, m)| (snap, m)))
+    }
+
+    /// Waits up to `wait` for capture `at` of `image` to have written filesystem `fs`
+    /// (anything, when `None`); returns what it has written then. Fails at once when
+    /// the capture stopped, or is complete or says it has no such filesystem.
+    pub(crate) fn follow<S: Open>(
+        &self,
+        repo: &Repository<S>,
+        image: &str,
+        at: &str,
+        fs: Option<&str>,
+        wait: Duration,
+    ) -> Result<(SnapshotFile, Manifest)> {
+        check_image_name(image).map_err(|e| anyhow!(e))?;
+        let start = Instant::now();
+        let what = match fs {
+            Some(fs) => format!("image {image}: capture {at}: filesystem {fs}"),
+            None => format!("image {image}: capture {at}"),
+        };
+        loop {
+            if let Some((snap, m)) = Self::written_so_far(repo, image, at)? {
+                let Some(fs) = fs else {
+                    return Ok((snap, m));
+                };
+                if m.filesystem(fs).is_some() {
+                    return Ok((snap, m));
+                }
+                if !m.pending.iter().any(|p| p.path == fs) {
+                    let have: Vec<&str> = m
+                        .filesystems
+                        .iter()
+                        .map(|f| f.path.as_str())
+                        .chain(m.pending.iter().map(|p| p.path.as_str()))
+                        .collect();
+                    bail!(
+                        "{what}: the capture has no such filesystem; it has {}",
+                        have.join(", ")
+                    );
+                }
+                if let Some(why) = &m.abandoned {
+                    bail!("{what}: the capture stopped before writing it: {why}");
+                }
+            }
+            if start.elapsed() >= wait {
+                bail!(
+                    "{what}: not written after {} s in library {}; is the capture running?",
+                    wait.as_secs(),
+                    self.location
+                );
+            }
+            std::thread::sleep(FOLLOW_POLL.min(wait.saturating_sub(start.elapsed())));
+        }
     }
 
     /// The manifest snapshot of `image` (latest, or capture `at`).

@@ -47,6 +47,9 @@ pub struct RestoreRequest {
     pub target: PathBuf,
     /// Restore over existing entries (files are replaced; directories kept).
     pub overwrite: bool,
+    /// Follow capture `at` while it runs: wait up to this long for it to write the
+    /// filesystem (see [`Manifest::pending`](ferry_model::image::Manifest::pending)).
+    pub follow: Option<std::time::Duration>,
 }
 
 const MAX_NAMED_ERRORS: usize = 100;
@@ -62,12 +65,21 @@ fn fail(report: &mut RestoreReport, path: &Path, what: impl std::fmt::Display) {
 /// image, filesystem or target is wrong, or the target fills up; otherwise returns
 /// a report whose `error_count` says how many entries failed.
 pub fn restore(lib: &Library, req: &RestoreRequest, meter: &Arc<Meter>) -> Result<RestoreReport> {
-    let repo = lib
-        .open()?
+    let repo = lib.open()?;
+    let manifest = match (&req.at, req.follow) {
+        (Some(at), Some(wait)) => {
+            meter.phase(
+                &format!("restore {}: waiting for its capture", req.fs),
+                None,
+            );
+            lib.follow(&repo, &req.image, at, Some(&req.fs), wait)?.1
+        }
+        _ => Library::summary_of(&lib.manifest_snapshot(&repo, &req.image, req.at.as_deref())?)?,
+    };
+    // Indexed only now: a capture followed wrote more packs meanwhile.
+    let repo = repo
         .to_indexed()
         .map_err(rustic("reading the library's index"))?;
-    let manifest_snap = lib.manifest_snapshot(&repo, &req.image, req.at.as_deref())?;
-    let manifest = Library::summary_of(&manifest_snap)?;
     let fs = manifest.filesystem(&req.fs).ok_or_else(|| {
         let have: Vec<&str> = manifest
             .filesystems

@@ -41,6 +41,7 @@ fn small_tree_round_trips() {
             fs: "/".into(),
             target: to.clone(),
             overwrite: false,
+            follow: None,
         },
         &Meter::silent(),
     )

@@ -326,8 +326,9 @@ pub struct SourceFs {
 }
 
 impl SourceFs {
-    /// The filesystems of an image's manifest, with the space each used on the
-    /// source where its survey says, else the bytes captured.
+    /// The filesystems of an image's manifest (also those a partial one has still to
+    /// write), with the space each used on the source where its survey says, else
+    /// the bytes captured.
     pub fn of(manifest: &Manifest) -> Vec<SourceFs> {
         let used = |path: &str| {
             let survey = manifest.survey.as_deref()?;
@@ -339,15 +340,17 @@ impl SourceFs {
                 .find(|f| f.mountpoints.iter().any(|m| m == path))?
                 .used_bytes
         };
-        manifest
-            .filesystems
-            .iter()
-            .map(|f| SourceFs {
-                path: f.path.clone(),
-                used_bytes: used(&f.path).unwrap_or(f.bytes),
-                raw: f.raw,
-            })
-            .collect()
+        let written = manifest.filesystems.iter().map(|f| SourceFs {
+            path: f.path.clone(),
+            used_bytes: used(&f.path).unwrap_or(f.bytes),
+            raw: f.raw,
+        });
+        let pending = manifest.pending.iter().map(|f| SourceFs {
+            path: f.path.clone(),
+            used_bytes: used(&f.path).unwrap_or(0),
+            raw: f.raw,
+        });
+        written.chain(pending).collect()
     }
 
     /// The smallest filesystem it fits into: its data, a tenth more, and 128 MiB
@@ -1638,6 +1641,8 @@ mod tests {
             filesystems: vec![fs("/", 2 * GIB), fs("/boot", 80 * MIB)],
             warnings: vec![],
             survey: Some(Box::new(survey)),
+            pending: vec![],
+            abandoned: None,
         }
     }
 

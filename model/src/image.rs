@@ -4,6 +4,13 @@
 //! snapshot per filesystem and, last, a manifest snapshot holding
 //! `/.ferry/manifest.json`; all carry the tags `ferry-image=NAME` and
 //! `ferry-capture=ID`. A capture without its manifest is incomplete and is not listed.
+//!
+//! A *progressive* capture (a direct migration's) also writes a partial manifest,
+//! tagged `ferry-partial`, before its first filesystem and after each: the
+//! filesystems written so far, those still [`pending`](Manifest::pending), and the
+//! survey, so that a deploy can lay out the target and restore each filesystem while
+//! the next is still being read. A capture that stops writes a last partial saying
+//! why ([`abandoned`](Manifest::abandoned)).
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +48,25 @@ pub struct Manifest {
     /// The source's survey at capture time, when the capturing agent took one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub survey: Option<Box<Survey>>,
+    /// In a partial manifest: the filesystems still to be written, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingFs>,
+    /// In a partial manifest: why the capture stopped; nothing more of it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<String>,
+}
+
+/// A filesystem a capture in progress has still to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFs {
+    /// Its mount point on the source (or device, for block data).
+    pub path: String,
+    /// Filesystem type on the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<String>,
+    /// Block data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
 }
 
 /// How consistent a filesystem's capture is.
@@ -199,8 +225,11 @@ mod tests {
             }],
             warnings: vec![],
             survey: None,
+            pending: vec![],
+            abandoned: None,
         };
         let text = serde_json::to_string(&m).unwrap();
+        assert!(!text.contains("pending") && !text.contains("abandoned"));
         assert!(text.contains("\"lvm-snapshot\""));
         assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), m);
         assert_eq!(m.bytes(), 10);

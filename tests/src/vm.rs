@@ -532,6 +532,7 @@ impl Manager {
             fs: fs.into(),
             target: target.to_path_buf(),
             overwrite: false,
+            follow: None,
         };
         tokio::task::spawn_blocking(move || {
             let lib = ferry_manager::images::open(&config)?;

@@ -45,6 +45,7 @@ fn restore_into(
             fs: "/".into(),
             target: to.to_path_buf(),
             overwrite: false,
+            follow: None,
         },
         &Meter::silent(),
     )

@@ -59,6 +59,7 @@ fn every_item_survives_capture_and_restore_to_ext4_and_xfs() {
                 fs: "/".into(),
                 target: dst.mnt.clone(),
                 overwrite: false,
+                follow: None,
             },
             &Meter::silent(),
         )

@@ -130,6 +130,7 @@ fn a_filesystem_without_snapshots_is_frozen_while_read_and_writers_wait_for_the_
             fs: s.fs.mnt.to_string_lossy().into(),
             target: to.clone(),
             overwrite: false,
+            follow: None,
         },
         &ferry_image::Meter::silent(),
     )

@@ -143,6 +143,7 @@ fn an_unchanged_tree_keeps_its_tree_and_every_change_is_seen() {
             fs: "/srv/data".into(),
             target: to.clone(),
             overwrite: false,
+            follow: None,
         },
         &Meter::silent(),
     )

@@ -128,6 +128,7 @@ fn steps(
                 fs: source.clone(),
                 target: at,
                 overwrite: false,
+                follow: None,
             };
             let report = ferry_image::restore(lib, &req, meter)?;
             if report.error_count > 0 {
