@@ -65,6 +65,8 @@ pub fn run_command(
             live,
             freeze,
             raw,
+            capture,
+            progressive,
         } => {
             let lib = open(library)?;
             let host = crate::survey::Host::live();
@@ -79,6 +81,8 @@ pub fn run_command(
                 paths: &paths,
                 raw: &raw,
                 excludes,
+                capture: capture.as_deref(),
+                progressive: *progressive,
             };
             let manifest = capture_paths(&lib, &host, image, &what, &opts, meter)?;
             Ok(MessageBody::Captured {
@@ -150,6 +154,11 @@ pub struct Sources<'a> {
     pub raw: &'a [PathBuf],
     /// Globs left out of the mount points.
     pub excludes: &'a [String],
+    /// The capture id to use (see [`CaptureRequest::capture`]).
+    pub capture: Option<&'a str>,
+    /// Tell the library of the capture's progress as it goes (see
+    /// [`CaptureRequest::progressive`]).
+    pub progressive: bool,
 }
 
 /// Captures `what` of `host`, each from a snapshot where one can be taken (released
@@ -176,7 +185,8 @@ fn capture_paths(
         hostname: host.read("/proc/sys/kernel/hostname").unwrap_or_default(),
         survey: None,
         warnings: plan.warnings.clone(),
-        ..Default::default()
+        capture: what.capture.map(str::to_string),
+        progressive: what.progressive,
     };
     // The survey (for the manifest) runs while the filesystems are read.
     ferry_image::capture_surveyed(lib, &req, meter, || Some(crate::survey::survey()))

@@ -162,6 +162,8 @@ fn main() -> std::process::ExitCode {
                 paths: &paths,
                 raw: &raw,
                 excludes: &exclude,
+                capture: None,
+                progressive: false,
             };
             ferry_agent::library::capture(&lib, &image, &what, &opts, init, json)
         }),

@@ -124,6 +124,42 @@ pub fn capture_surveyed(
     })
 }
 
+/// Tells whoever follows capture `at` of `image` (a deploy restoring it while it
+/// runs) that it stopped, and why ([`Manifest::abandoned`]): for a capture whose agent
+/// failed or was given up. A complete capture, or one already marked, is left alone.
+pub fn abandon(lib: &Library, image: &str, at: &str, why: &str) -> Result<()> {
+    check_image_name(image).map_err(|e| anyhow!(e))?;
+    check_capture_id(at)?;
+    let repo = lib.open()?;
+    let mut last = match Library::written_so_far(&repo, image, at)? {
+        Some((snap, _)) if snap.tags.contains(TAG_MANIFEST) => return Ok(()),
+        Some((_, m)) if m.abandoned.is_some() => return Ok(()),
+        Some((_, m)) => m,
+        None => Manifest {
+            version: MANIFEST_VERSION,
+            image: image.to_string(),
+            capture: at.to_string(),
+            hostname: String::new(),
+            started: now(),
+            finished: String::new(),
+            excludes: Vec::new(),
+            filesystems: Vec::new(),
+            warnings: Vec::new(),
+            survey: None,
+            pending: Vec::new(),
+            abandoned: None,
+        },
+    };
+    last.abandoned = Some(why.to_string());
+    let req = CaptureRequest {
+        image: image.to_string(),
+        hostname: last.hostname.clone(),
+        ..Default::default()
+    };
+    write_manifest(lib, &Opened::Open(repo), &req, &last, None, TAG_PARTIAL)
+        .with_context(|| format!("image {image}: marking capture {at} as stopped"))
+}
+
 /// A capture id given by the caller: what the library's tags and a job's records can
 /// carry.
 fn check_capture_id(id: &str) -> Result<()> {
@@ -1117,6 +1153,18 @@ mod tests {
         assert!(
             text.contains("the capture has no such filesystem; it has /, /var"),
             "{text}"
+        );
+        // A capture given up by the manager (its agent failed before writing).
+        abandon(&lib, "web", "given-up", "the source went away")?;
+        let text = refused("/", "given-up", 30)?;
+        assert!(
+            text.contains("the capture stopped before writing it: the source went away"),
+            "{text}"
+        );
+        abandon(&lib, "web", "doomed", "again")?;
+        assert!(
+            !refused("/var", "doomed", 30)?.contains("again"),
+            "marked once"
         );
         let started = std::time::Instant::now();
         let text = refused("/", "never", 2)?;

@@ -24,7 +24,7 @@ pub mod progress;
 pub mod restore;
 mod workers;
 
-pub use capture::{CaptureRequest, FsSource, Hold, capture, capture_surveyed};
+pub use capture::{CaptureRequest, FsSource, Hold, abandon, capture, capture_surveyed};
 pub use ferry_model::image::RestoreReport;
 pub use library::{ImageSummary, Library, Location};
 pub use progress::{Meter, Report};

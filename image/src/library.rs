@@ -519,6 +519,20 @@ impl Library {
         Self::full_manifest(&repo, &snap, image)
     }
 
+    /// The full manifest of capture `at` of `image` as far as it is written (see
+    /// [`Library::manifest_following`]); `None` before the capture wrote any.
+    pub fn manifest_so_far(&self, image: &str, at: &str) -> Result<Option<Manifest>> {
+        check_image_name(image).map_err(|e| anyhow!(e))?;
+        let repo = self.open()?;
+        let Some((snap, _)) = Self::written_so_far(&repo, image, at)? else {
+            return Ok(None);
+        };
+        let repo = repo
+            .to_indexed()
+            .map_err(rustic("reading the library's index"))?;
+        Self::full_manifest(&repo, &snap, image).map(Some)
+    }
+
     fn full_manifest<S: rustic_core::IndexedFull>(
         repo: &Repository<S>,
         snap: &SnapshotFile,
@@ -696,7 +710,8 @@ impl Library {
                 if m.filesystem(fs).is_some() {
                     return Ok((snap, m));
                 }
-                if !m.pending.iter().any(|p| p.path == fs) {
+                let known = !(m.filesystems.is_empty() && m.pending.is_empty());
+                if known && !m.pending.iter().any(|p| p.path == fs) {
                     let have: Vec<&str> = m
                         .filesystems
                         .iter()

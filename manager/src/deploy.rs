@@ -69,13 +69,17 @@ async fn plan_for(
         from_file,
         &id,
         opts.keep_on_failure,
+        None,
     )
     .await
 }
 
 /// The plan to deploy `capture` (or the plan's, or the latest) of `image` onto agent
 /// `id`'s machine: `user`'s, or the default one for the survey in its status; checked
-/// against the image's manifest, every problem named.
+/// against the image's manifest, every problem named. With `follow_secs`, the capture
+/// may still be running: the plan is made from what it has written so far (its
+/// layout), and the deploy follows it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn checked_plan(
     repo: &Repo,
     fleet: &Fleet,
@@ -84,6 +88,7 @@ pub(crate) async fn checked_plan(
     user: Option<DeployPlan>,
     id: &str,
     keep_on_failure: bool,
+    follow_secs: Option<u64>,
 ) -> Result<DeployPlan> {
     let planned = user.as_ref().and_then(|p| p.capture.clone());
     if let (Some(asked), Some(planned)) = (capture, &planned)
@@ -95,9 +100,24 @@ pub(crate) async fn checked_plan(
     let at = planned.or_else(|| capture.map(str::to_string));
     let manifest = {
         let image = image.to_string();
-        repo.with(move |lib| lib.manifest(&image, at.as_deref()))
-            .await?
+        match (follow_secs, at) {
+            (Some(_), Some(at)) => {
+                let (img, capture) = (image.clone(), at.clone());
+                repo.with(move |lib| lib.manifest_so_far(&img, &capture))
+                    .await?
+                    .with_context(|| {
+                        format!("image {image}: capture {at} has not begun writing yet")
+                    })?
+            }
+            (_, at) => {
+                repo.with(move |lib| lib.manifest(&image, at.as_deref()))
+                    .await?
+            }
+        }
     };
+    if let Some(why) = &manifest.abandoned {
+        bail!("image {image}: capture {} stopped: {why}", manifest.capture);
+    }
     let mut plan = match user {
         Some(plan) => plan,
         None => {
@@ -113,6 +133,7 @@ pub(crate) async fn checked_plan(
     }
     plan.capture = Some(manifest.capture.clone());
     plan.keep_on_failure |= keep_on_failure;
+    plan.follow_secs = follow_secs;
     let problems = plan.validate(&SourceFs::of(&manifest));
     if !problems.is_empty() {
         bail!(

@@ -315,6 +315,8 @@ pub async fn capture(config: &ManagerConfig, id: &str, opts: &CaptureOptions) ->
             live: opts.how.live,
             freeze: opts.how.freeze,
             raw: opts.raw.clone(),
+            capture: None,
+            progressive: false,
         },
         opts.watch.timeout,
     )

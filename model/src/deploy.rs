@@ -46,6 +46,11 @@ pub struct DeployPlan {
     /// tables (for a post-mortem; such a disk may boot half-written).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_on_failure: bool,
+    /// Follow the capture while it is still running (a direct migration): wait up
+    /// to this many seconds for each of its filesystems, restoring each as soon as
+    /// it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_secs: Option<u64>,
 }
 
 /// The target's storage, bottom up: disks and their partitions, RAID arrays, LVM
@@ -938,14 +943,14 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
         }),
     }
     // The source's filesystems, where the image has them (an ESP is made anew).
-    let mut sources: Vec<&crate::image::FsImage> = image
-        .filesystems
+    // (also those a capture in progress has still to write).
+    let needs = SourceFs::of(image);
+    let mut sources: Vec<&SourceFs> = needs
         .iter()
         .filter(|f| !f.raw && f.path != "/boot/efi")
         .collect();
     // The root last, so it can take the rest.
     sources.sort_by_key(|f| f.path == "/");
-    let needs = SourceFs::of(image);
     // A smaller target shrinks every filesystem alike (never below what it needs).
     let source_disks: u64 = source
         .disks
@@ -963,10 +968,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
             .filesystems
             .iter()
             .find(|s| s.mountpoints.contains(&f.path));
-        let need = needs
-            .iter()
-            .find(|n| n.path == f.path)
-            .map_or(GIB, SourceFs::needs);
+        let need = f.needs();
         let last = i + 1 == sources.len();
         // Like the source, at least what it needs, in MiB.
         let size = src
@@ -1132,6 +1134,7 @@ pub fn default_plan(image: &Manifest, target: &Survey) -> Result<DeployPlan, Str
         inject: Injections::default(),
         scripts: Vec::new(),
         keep_on_failure: false,
+        follow_secs: None,
     })
 }
 
@@ -1340,6 +1343,7 @@ pub mod examples {
             inject: Injections::default(),
             scripts: vec![],
             keep_on_failure: false,
+            follow_secs: None,
         }
     }
 }
@@ -1753,5 +1757,32 @@ mod tests {
         t.disks.clear();
         let err = default_plan(&source(), &t).expect_err("refused");
         assert!(err.contains("no disk"), "{err}");
+    }
+
+    /// A capture still running (a direct migration's) plans the same as when done:
+    /// its pending filesystems count, and a plan for it validates.
+    #[test]
+    fn a_partial_manifest_plans_like_the_finished_one() {
+        let image = source();
+        let full = default_plan(&image, &target(40, BootMode::Uefi)).expect("plan");
+        let mut partial = image.clone();
+        partial.pending = partial
+            .filesystems
+            .drain(..)
+            .map(|f| crate::image::PendingFs {
+                path: f.path,
+                fstype: f.fstype,
+                raw: f.raw,
+            })
+            .collect();
+        let early = default_plan(&partial, &target(40, BootMode::Uefi)).expect("plan");
+        assert_eq!(early.storage, full.storage);
+        assert_eq!(
+            early.validate(&SourceFs::of(&partial)),
+            Vec::<String>::new()
+        );
+        let mut small = early.clone();
+        small.storage.disks[0].size_bytes = 1024 * MIB;
+        assert!(!small.validate(&SourceFs::of(&partial)).is_empty());
     }
 }

@@ -277,6 +277,12 @@ pub enum Step {
     Discard,
 }
 
+/// The capture id a direct migration's capture `attempt` is given, so that its
+/// deploy can follow it: the same for every manager replica.
+pub fn capture_id(job: &str, attempt: u32) -> String {
+    format!("{job}-{attempt}")
+}
+
 impl Step {
     /// The step's name.
     pub fn name(self) -> &'static str {
@@ -291,9 +297,19 @@ impl Step {
     /// The steps that must be done before this one can start.
     fn needs(self, spec: &JobSpec) -> &'static [Step] {
         match (self, &spec.kind) {
+            // A direct migration's deploy follows the capture while it runs.
+            (Step::Deploy, JobKind::Migrate { direct: true, .. }) => &[Step::Target],
             (Step::Deploy, JobKind::Migrate { .. }) => &[Step::Capture, Step::Target],
             (Step::Deploy, _) => &[Step::Target],
-            (Step::Discard, _) => &[Step::Deploy],
+            (Step::Discard, _) => &[Step::Capture, Step::Deploy],
+            _ => &[],
+        }
+    }
+
+    /// The steps that must have started (been sent) before this one can start.
+    fn follows(self, spec: &JobSpec) -> &'static [Step] {
+        match (self, &spec.kind) {
+            (Step::Deploy, JobKind::Migrate { direct: true, .. }) => &[Step::Capture],
             _ => &[],
         }
     }
@@ -666,14 +682,36 @@ impl JobState {
             self.step(*step)
                 .is_some_and(|s| matches!(s.status, StepStatus::Done { .. }))
         };
+        let started = |step: &Step| {
+            self.step(*step).is_some_and(|s| {
+                matches!(
+                    s.status,
+                    StepStatus::Running { .. } | StepStatus::Done { .. }
+                )
+            })
+        };
         self.steps
             .iter()
             .filter(|s| match s.status {
                 StepStatus::Running { .. } => true,
-                StepStatus::Pending => s.step.needs(spec).iter().all(done),
+                StepStatus::Pending => {
+                    s.step.needs(spec).iter().all(done) && s.step.follows(spec).iter().all(started)
+                }
                 _ => false,
             })
             .collect()
+    }
+
+    /// The capture a deploy restores: the capture step's once done; in a direct
+    /// migration, the id its running attempt was given ([`capture_id`]), which the
+    /// deploy follows.
+    pub fn capture_to_restore(&self, spec: &JobSpec) -> Option<String> {
+        if let Some(done) = self.captured() {
+            return Some(done.to_string());
+        }
+        let step = self.step(Step::Capture)?;
+        (spec.direct() && matches!(step.status, StepStatus::Running { .. }))
+            .then(|| capture_id(&spec.id, step.attempt))
     }
 
     /// The capture a step produced, if the capture step is done.
@@ -765,6 +803,53 @@ mod tests {
             .iter()
             .map(|s| s.step.name())
             .collect()
+    }
+
+    /// A direct migration's deploy starts once the capture is sent and the target
+    /// found, following the capture's fixed id; the discard waits for both to end.
+    #[test]
+    fn a_direct_migration_deploys_while_it_captures() {
+        let mut spec = migrate();
+        if let JobKind::Migrate { direct, .. } = &mut spec.kind {
+            *direct = true;
+        }
+        let state = JobState::derive(&spec, &[ev(3, matched())]);
+        assert_eq!(names(&state, &spec), ["capture"], "nothing to follow yet");
+        assert_eq!(state.capture_to_restore(&spec), None);
+
+        let mut events = vec![ev(2, sent(Step::Capture, 1, 10)), ev(3, matched())];
+        let state = JobState::derive(&spec, &events);
+        assert_eq!(names(&state, &spec), ["capture", "deploy"]);
+        let id = capture_id(&spec.id, 1);
+        assert_eq!(state.capture_to_restore(&spec), Some(id.clone()));
+        assert_eq!(id, "0194f2c3-aaaa-7bbb-8ccc-0123456789ab-1");
+
+        events.push(ev(4, sent(Step::Deploy, 1, 3)));
+        events.push(ev(
+            5,
+            EventKind::Done {
+                step: Step::Deploy,
+                attempt: 1,
+                outcome: Outcome::Deployed {
+                    capture: id.clone(),
+                    steps: vec![],
+                    drivers_added: vec![],
+                },
+            },
+        ));
+        let state = JobState::derive(&spec, &events);
+        assert_eq!(
+            names(&state, &spec),
+            ["capture"],
+            "discard waits for the capture"
+        );
+        events.push(ev(9, captured()));
+        let state = JobState::derive(&spec, &events);
+        assert_eq!(names(&state, &spec), ["discard"]);
+        // A two-step migration never follows.
+        let spec = migrate();
+        let state = JobState::derive(&spec, &events[..2]);
+        assert_eq!(state.capture_to_restore(&spec), None);
     }
 
     #[test]

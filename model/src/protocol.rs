@@ -433,6 +433,14 @@ pub enum Action {
         /// `paths`, only these are captured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         raw: Vec<String>,
+        /// The capture's id, fixed by the manager so that a deploy can follow the
+        /// capture; a new one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture: Option<String>,
+        /// Write partial manifests as it goes, for a deploy that follows it (a
+        /// direct migration).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        progressive: bool,
     },
     /// Restore one filesystem of an image into a directory on this machine. Secrets
     /// as for [`Action::Capture`].
@@ -770,6 +778,8 @@ mod tests {
                 live: false,
                 freeze: Some(60),
                 raw: vec!["/dev/vg0/db".into()],
+                capture: Some("0194f2c3-aaaa-7bbb-8ccc-0123456789ab-1".into()),
+                progressive: true,
             },
             Action::Restore {
                 image: "web".into(),

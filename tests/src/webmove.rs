@@ -469,8 +469,8 @@ pub enum Follow {
     Terminal,
 }
 
-/// `ferry migrate … --to new=SPEC`: boots the web server on `firmware` and migrates
-/// it as a job onto `target`, a machine the manager's QEMU provider makes (it
+/// `ferry migrate … --to new=SPEC [--direct]`: boots the web server on `firmware` and
+/// migrates it as a job onto `target`, a machine the manager's QEMU provider makes (it
 /// PXE-boots the ramdisk while the source is captured; the job knows its ramdisk agent
 /// by its MAC); the source is switched off once captured. `ferry serve` carries the
 /// job on, `ferry job watch` follows it. Returns the migrated target and the job as
@@ -481,6 +481,7 @@ pub async fn migrate(
     firmware: Firmware,
     target: &Target,
     image: &str,
+    direct: bool,
     follow: Follow,
 ) -> Result<(Deployed, Value)> {
     let say = |what: &str| {
@@ -503,7 +504,7 @@ pub async fn migrate(
         &id,
         &target.spec("127.0.0.1", http_port),
         image,
-        false,
+        direct,
     )
     .await?;
     let out = match follow {
@@ -630,6 +631,10 @@ pub fn phases(job: &Value, to_booted: f64) -> Result<Vec<(String, f64)>> {
         secs_between(created, &found["ended_ms"]),
     ));
     out.push((
+        "deploy sent, from the job's start".into(),
+        secs_between(created, &deploy["started_ms"]),
+    ));
+    out.push((
         "deploy (command sent → answer recorded)".into(),
         secs_between(&deploy["started_ms"], &deploy["ended_ms"]),
     ));
@@ -643,8 +648,17 @@ pub fn phases(job: &Value, to_booted: f64) -> Result<Vec<(String, f64)>> {
             s["millis"].as_u64().unwrap_or(0) as f64 / 1000.0,
         ));
     }
+    if let Some(discard) = job["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step"] == "discard"))
+    {
+        out.push((
+            "discard of the temporary repository".into(),
+            secs_between(&discard["started_ms"], &discard["ended_ms"]),
+        ));
+    }
     out.push((
-        "job (made → deployed)".into(),
+        "job (made → done)".into(),
         secs_between(created, &job["ended_ms"]),
     ));
     out.push((

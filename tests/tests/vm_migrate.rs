@@ -14,8 +14,9 @@
 //!   connection. The job is a direct migration: it captures the source live into a
 //!   temporary repository of its own (not the library) while the provider makes the
 //!   target VM, which PXE-boots the ramdisk by connecting out; it finds the target's
-//!   agent by its MAC, deploys the default plan, and deletes the repository. One replica is killed in the middle of the
-//!   deploy; the other finishes the job, and the target's agent ran the deploy once.
+//!   agent by its MAC and deploys the default plan while the capture still runs,
+//!   restoring each filesystem as soon as it is captured, then deletes the
+//!   repository. One replica is killed in the middle of the deploy; the other finishes the job, and the target's agent ran the deploy once.
 //!   The migrated system's nginx serves the page inside the target data centre, and
 //!   nothing from the manager's or the source's host gets in there;
 //! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from
@@ -340,6 +341,12 @@ async fn a_bios_web_server_moves_across_firewalls_onto_a_new_uefi_machine_while_
     let left = files_under(&data, &job_repo);
     assert!(left.is_empty(), "{left:?}");
     let deploy = &shown["steps"][2];
+    // Direct: the deploy followed the capture, sent while the capture still ran.
+    let capture = &shown["steps"][0];
+    assert!(
+        deploy["started_ms"].as_u64() < capture["ended_ms"].as_u64(),
+        "the deploy must start before the capture ends: {shown:#}"
+    );
     assert!(
         deploy["ended_ms"].as_u64() > Some(killed_ms),
         "the deploy must end after the first replica died: {shown:#}"

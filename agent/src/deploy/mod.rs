@@ -10,7 +10,7 @@ pub mod storage;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferry_image::{Library, Meter, RestoreRequest};
@@ -52,10 +52,26 @@ pub fn check(plan: &DeployPlan, manifest: &Manifest) -> Result<()> {
 /// Carries out `plan` on `host` from `lib`: checks it, lays out the storage,
 /// restores, configures, makes it boot, unmounts. On failure, the new partition
 /// tables are wiped (unless the plan keeps them) and the error names the step.
+///
+/// A plan that follows its capture (`follow_secs`) starts from the capture's first
+/// partial manifest (its layout and survey) and restores each filesystem as soon as
+/// the capture has written it.
 pub fn run(host: &Host, lib: &Library, plan: &DeployPlan, meter: &Arc<Meter>) -> Result<Deployed> {
-    let manifest = lib
-        .manifest(&plan.image, plan.capture.as_deref())
-        .with_context(|| format!("reading image {}", plan.image))?;
+    let manifest = match (plan.follow_secs, plan.capture.as_deref()) {
+        (Some(secs), Some(at)) => {
+            meter.phase("deploy: waiting for the capture to begin", None);
+            lib.manifest_following(&plan.image, at, Duration::from_secs(secs))
+        }
+        _ => lib.manifest(&plan.image, plan.capture.as_deref()),
+    }
+    .with_context(|| format!("reading image {}", plan.image))?;
+    if let Some(why) = &manifest.abandoned {
+        bail!(
+            "image {}: capture {} stopped before the deploy began: {why}",
+            plan.image,
+            manifest.capture
+        );
+    }
     check(plan, &manifest)?;
     // Every disk must be the planned one before any is touched (and a refused disk
     // is not wiped as a failed deploy's would be).
@@ -128,7 +144,7 @@ fn steps(
                 fs: source.clone(),
                 target: at,
                 overwrite: false,
-                follow: None,
+                follow: plan.follow_secs.map(Duration::from_secs),
             };
             let report = ferry_image::restore(lib, &req, meter)?;
             if report.error_count > 0 {

@@ -700,6 +700,14 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
             running.join(", ")
         );
     }
+    if let Some(capture) = state.step(Step::Capture)
+        && direct
+        && matches!(capture.status, StepStatus::Running { .. })
+    {
+        // A deploy following the capture stops at its next filesystem.
+        let why = format!("job {id} was cancelled");
+        super::engine::abandon(config, &job, capture.attempt, &why).await;
+    }
     if direct {
         // Deleted only once the cancel has stuck and no agent works in it any more.
         let job = super::load(fleet.store(), &id).await?;

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use ferry_mailbox::health::Health;
 use ferry_model::job::{
-    EventKind, JobKind, JobState, Outcome, Step, StepState, StepStatus, TargetRef,
+    EventKind, JobKind, JobState, Outcome, Step, StepState, StepStatus, TargetRef, capture_id,
 };
 use ferry_model::protocol::{Action, AgentKind, MessageBody};
 use tracing::info;
@@ -14,6 +14,10 @@ use super::Job;
 use crate::config::ManagerConfig;
 use crate::fleet::Fleet;
 use crate::images::Repo;
+
+/// How long a direct migration's deploy waits for each filesystem of the capture it
+/// follows (a failed capture tells it at once; this bounds a capture that hangs).
+const FOLLOW_SECS: u64 = 6 * 3600;
 
 /// How many events one call of [`advance`] records at most (a job has few steps; the
 /// bound keeps a replica that keeps losing races from looping).
@@ -37,7 +41,16 @@ pub async fn advance(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<
             return Ok(job);
         };
         info!(job = %id, event = ?event, "job event");
-        super::append(store, &job, event).await?;
+        super::append(store, &job, event.clone()).await?;
+        if let EventKind::Failed {
+            step: Step::Capture,
+            attempt,
+            error,
+        } = &event
+            && job.spec.direct()
+        {
+            abandon(config, &job, *attempt, error).await;
+        }
         job = super::load(store, id).await?;
     }
     Ok(job)
@@ -76,8 +89,12 @@ async fn work_on(
     let sent = match s {
         Step::Target => return find_target(config, fleet, job, state, attempt).await,
         Step::Discard => return Ok(Some(discard(config, job, attempt).await)),
-        Step::Capture => send_capture(config, fleet, job, &command_id).await,
-        Step::Deploy => send_deploy(config, fleet, job, state, &command_id).await,
+        Step::Capture => send_capture(config, fleet, job, attempt, &command_id).await,
+        Step::Deploy => match send_deploy(config, fleet, job, state, &command_id).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(sent)) => Ok(sent),
+            Err(e) => Err(e),
+        },
     };
     Ok(Some(match sent {
         Ok((agent, seq)) => EventKind::Sent {
@@ -188,9 +205,11 @@ async fn find_target(
             .map(|t| t.saturating_sub(60_000)),
         _ => None,
     };
+    // Found once ready: online, with its survey (the plan's input) published — a
+    // direct migration's deploy is sent at once.
     let found = candidates
         .into_iter()
-        .filter(|v| v.health == Health::Online)
+        .filter(|v| v.health == Health::Online && v.status.is_some())
         .filter_map(|v| v.identity)
         .filter(|i| i.kind == AgentKind::Ramdisk && target.matches(&i.agent_id, &i.fingerprint))
         .filter(|i| since.is_none_or(|t| i.created_ms >= t))
@@ -202,11 +221,13 @@ async fn find_target(
     }))
 }
 
-/// Sends the capture command; (agent, seq).
+/// Sends the capture command; (agent, seq). A direct migration's capture gets a fixed
+/// id and writes its progress, for the deploy that follows it.
 async fn send_capture(
     config: &ManagerConfig,
     fleet: &Fleet,
     job: &Job,
+    attempt: u32,
     command_id: &str,
 ) -> Result<(String, u64)> {
     let (source, image, settings) = match &job.spec.kind {
@@ -223,6 +244,7 @@ async fn send_capture(
         } => (source, image, capture),
         JobKind::Deploy { .. } => anyhow::bail!("a deploy job captures nothing"),
     };
+    let direct = job.spec.direct();
     let repo = Repo::of_job(config, &job.spec)?;
     repo.ensure().await?;
     let cmd = repo
@@ -234,20 +256,25 @@ async fn send_capture(
             live: settings.live,
             freeze: settings.freeze,
             raw: Vec::new(),
+            capture: direct.then(|| capture_id(&job.spec.id, attempt)),
+            progressive: direct,
         })
         .await?;
     Ok((source.clone(), cmd.seq))
 }
 
 /// Makes and checks the plan for the target's survey, then sends the deploy; (agent,
-/// seq). A plan that cannot be carried out fails the step, naming every problem.
+/// seq). A plan that cannot be carried out fails the step, naming every problem. A
+/// direct migration's deploy follows the capture: it is sent once the capture has
+/// written its layout (`None` until then).
 async fn send_deploy(
     config: &ManagerConfig,
     fleet: &Fleet,
     job: &Job,
     state: &JobState,
     command_id: &str,
-) -> Result<(String, u64)> {
+) -> Result<Option<(String, u64)>> {
+    let following = state.capture_to_restore(&job.spec);
     let (image, capture, settings) = match &job.spec.kind {
         JobKind::Deploy {
             image,
@@ -255,7 +282,7 @@ async fn send_deploy(
             deploy,
             ..
         } => (image, capture.as_deref(), deploy),
-        JobKind::Migrate { image, deploy, .. } => (image, state.captured(), deploy),
+        JobKind::Migrate { image, deploy, .. } => (image, following.as_deref(), deploy),
         JobKind::Capture { .. } => anyhow::bail!("a capture job deploys nothing"),
     };
     let target = state
@@ -263,6 +290,17 @@ async fn send_deploy(
         .context("the target's agent is not known yet")?
         .to_string();
     let repo = Repo::of_job(config, &job.spec)?;
+    let follow_secs = job.spec.direct().then_some(FOLLOW_SECS);
+    if let (Some(_), Some(at)) = (follow_secs, capture) {
+        let (img, at) = (image.clone(), at.to_string());
+        if repo
+            .with(move |lib| lib.manifest_so_far(&img, &at))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+    }
     let plan = crate::deploy::checked_plan(
         &repo,
         fleet,
@@ -271,6 +309,7 @@ async fn send_deploy(
         settings.plan.as_deref().cloned(),
         &target,
         settings.keep_on_failure,
+        follow_secs,
     )
     .await?;
     let reboot = settings.reboot;
@@ -281,7 +320,23 @@ async fn send_deploy(
             reboot,
         })
         .await?;
-    Ok((target, cmd.seq))
+    Ok(Some((target, cmd.seq)))
+}
+
+/// Tells a direct migration's deploy, which may be following the capture, that
+/// capture `attempt` failed; a failure to do so is logged (the deploy then waits out
+/// its own deadline).
+pub(super) async fn abandon(config: &ManagerConfig, job: &Job, attempt: u32, why: &str) {
+    let id = capture_id(&job.spec.id, attempt);
+    let (image, why) = (job.spec.image().to_string(), why.to_string());
+    let marked = async {
+        Repo::direct(config, &job.spec.id)?
+            .with(move |lib| ferry_image::abandon(&lib, &image, &id, &why))
+            .await
+    };
+    if let Err(e) = marked.await {
+        tracing::warn!(job = %job.spec.id, "marking the failed capture for its deploy: {e:#}");
+    }
 }
 
 /// Deletes a direct migration's temporary repository: the step's outcome, or its

@@ -1,9 +1,9 @@
 //! `cargo xtask demo`: Ferry's main job on embedded defaults. Builds (once, cached
 //! under `~/.cache/ferry`) a small Debian 12 web server as the source VM, starts a
 //! manager with its embedded store, boot server and a QEMU provider, and runs `ferry
-//! migrate` of the running source onto a new UEFI machine the provider makes, which
-//! PXE-boots Ferry's ramdisk, is laid out, restored and re-wired, and reboots into the
-//! migrated system. Ends by fetching the source's page from the migrated target and
+//! migrate --direct` of the running source onto a new UEFI machine the provider makes,
+//! which PXE-boots Ferry's ramdisk, is laid out, restored (each filesystem as soon as
+//! the capture has written it) and re-wired, and reboots into the migrated system. Ends by fetching the source's page from the migrated target and
 //! printing the phases and the total time.
 
 use std::time::Instant;
@@ -36,6 +36,7 @@ async fn main() -> Result<()> {
         Firmware::Bios,
         &target,
         "web",
+        true,
         Follow::Terminal,
     )
     .await;
