@@ -43,6 +43,8 @@ fn password(lib: &LibraryConfig) -> Result<String> {
 pub(crate) struct Repo {
     lib: LibraryConfig,
     password: String,
+    /// A direct migration's: the only kind [`Repo::discard`] deletes.
+    temporary: bool,
 }
 
 impl std::fmt::Debug for Repo {
@@ -59,7 +61,11 @@ impl Repo {
     pub(crate) fn library(config: &ManagerConfig) -> Result<Repo> {
         let lib = library_config(config)?.clone();
         let password = password(&lib)?;
-        Ok(Repo { lib, password })
+        Ok(Repo {
+            lib,
+            password,
+            temporary: false,
+        })
     }
 
     /// Direct migration `job`'s temporary repository.
@@ -78,6 +84,7 @@ impl Repo {
         Ok(Repo {
             lib,
             password: key.finalize().to_hex().to_string(),
+            temporary: true,
         })
     }
 
@@ -113,6 +120,17 @@ impl Repo {
     ) -> Result<T> {
         let repo = self.clone();
         tokio::task::spawn_blocking(move || f(repo.open()?)).await?
+    }
+
+    /// Deletes it, if it is a direct migration's temporary repository (never the
+    /// library); (objects, bytes).
+    pub(crate) async fn discard(&self) -> Result<(u64, u64)> {
+        anyhow::ensure!(
+            self.temporary,
+            "{}: only a direct migration's temporary repository is discarded, never the library",
+            self.lib.url
+        );
+        self.with(|lib| lib.discard()).await
     }
 
     /// Creates it unless it exists (safe for racing replicas).
@@ -521,4 +539,37 @@ pub fn check(config: &ManagerConfig, image: &str, read_data: bool, json: bool) -
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(dir: &std::path::Path, temporary: bool) -> Repo {
+        Repo {
+            lib: LibraryConfig {
+                url: dir.display().to_string(),
+                agent_url: None,
+                password_file: dir.join("unused"),
+                credential: None,
+                ca_pem: None,
+            },
+            password: "a password".into(),
+            temporary,
+        }
+    }
+
+    /// Only a direct migration's temporary repository is ever discarded.
+    #[tokio::test]
+    async fn the_library_is_never_discarded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let library = repo(dir.path(), false);
+        library.ensure().await.expect("made");
+        let err = library.discard().await.expect_err("refused");
+        assert!(err.to_string().contains("never the library"), "{err:#}");
+        assert!(dir.path().join("config").exists(), "the library must stay");
+        let (objects, _) = repo(dir.path(), true).discard().await.expect("discarded");
+        assert!(objects > 0);
+        assert!(!dir.path().join("config").exists());
+    }
 }

@@ -736,7 +736,7 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
             );
             return Ok(());
         }
-        let (objects, bytes) = repo.with(|lib| lib.discard()).await.with_context(|| {
+        let (objects, bytes) = repo.discard().await.with_context(|| {
             format!(
                 "job {id}: deleting its temporary repository {}; run `ferry job cancel {id}` again",
                 repo.url()

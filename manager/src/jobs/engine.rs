@@ -26,6 +26,30 @@ const MAX_EVENTS_PER_ADVANCE: usize = 16;
 /// Does what is due on job `id` now, as often as something is due; returns the job as
 /// it then stands.
 pub async fn advance(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<Job> {
+    let job = carry_on(config, fleet, id).await?;
+    tell_follower(config, &job).await;
+    Ok(job)
+}
+
+/// A direct job whose capture failed while its deploy, following that capture, still
+/// runs: marks the capture stopped so the deploy ends with the reason. Marking is
+/// idempotent, so a replica that died between recording the failure and marking it
+/// is made good by the next one to carry the job.
+async fn tell_follower(config: &ManagerConfig, job: &Job) {
+    if !job.spec.direct() {
+        return;
+    }
+    let state = job.state();
+    if let (Some(capture), Some(deploy)) = (state.step(Step::Capture), state.step(Step::Deploy))
+        && let StepStatus::Failed { error } = &capture.status
+        && matches!(deploy.status, StepStatus::Running { .. })
+    {
+        abandon(config, job, capture.attempt, error).await;
+    }
+}
+
+/// The steps of [`advance`].
+async fn carry_on(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<Job> {
     let store = fleet.store();
     let mut job = super::load(store, id).await?;
     for _ in 0..MAX_EVENTS_PER_ADVANCE {
@@ -41,16 +65,7 @@ pub async fn advance(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<
             return Ok(job);
         };
         info!(job = %id, event = ?event, "job event");
-        super::append(store, &job, event.clone()).await?;
-        if let EventKind::Failed {
-            step: Step::Capture,
-            attempt,
-            error,
-        } = &event
-            && job.spec.direct()
-        {
-            abandon(config, &job, *attempt, error).await;
-        }
+        super::append(store, &job, event).await?;
         job = super::load(store, id).await?;
     }
     Ok(job)
@@ -343,11 +358,7 @@ pub(super) async fn abandon(config: &ManagerConfig, job: &Job, attempt: u32, why
 /// failure (run again by `ferry job retry`).
 async fn discard(config: &ManagerConfig, job: &Job, attempt: u32) -> EventKind {
     let step = Step::Discard;
-    let done = async {
-        Repo::direct(config, &job.spec.id)?
-            .with(|lib| lib.discard())
-            .await
-    };
+    let done = async { Repo::direct(config, &job.spec.id)?.discard().await };
     match done.await {
         Ok((objects, bytes)) => EventKind::Done {
             step,
