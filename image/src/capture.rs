@@ -1161,6 +1161,16 @@ mod tests {
             text.contains("the capture stopped before writing it: the source went away"),
             "{text}"
         );
+        // Nor is its layout anything to deploy.
+        let layout = lib
+            .manifest_following("web", "given-up", Duration::from_secs(30))
+            .expect_err("stopped");
+        assert!(
+            format!("{layout:#}").contains("capture given-up stopped: the source went away"),
+            "{layout:#}"
+        );
+        let so_far = lib.manifest_so_far("web", "given-up").expect_err("stopped");
+        assert!(format!("{so_far:#}").contains("stopped"), "{so_far:#}");
         abandon(&lib, "web", "doomed", "again")?;
         assert!(
             !refused("/var", "doomed", 30)?.contains("again"),

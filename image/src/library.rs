@@ -499,38 +499,51 @@ impl Library {
 
     /// The full manifest of `image`'s latest capture, or of capture `at`.
     pub fn manifest(&self, image: &str, at: Option<&str>) -> Result<Manifest> {
-        let repo = self
-            .open()?
-            .to_indexed()
-            .map_err(rustic("reading the library's index"))?;
+        let repo = self.open()?;
         let snap = self.manifest_snapshot(&repo, image, at)?;
-        Self::full_manifest(&repo, &snap, image)
+        Self::full_manifest_indexing(repo, &snap, image)
     }
 
     /// The full manifest of capture `at` of `image` as far as it is written, waiting
     /// up to `wait` for the capture to write its first partial manifest: the complete
-    /// manifest, or a partial one (with its survey and [`Manifest::pending`]).
+    /// manifest, or a partial one (with its survey and [`Manifest::pending`]). Fails
+    /// when the capture stopped, saying why.
     pub fn manifest_following(&self, image: &str, at: &str, wait: Duration) -> Result<Manifest> {
         let repo = self.open()?;
         let (snap, _) = self.follow(&repo, image, at, None, wait)?;
-        let repo = repo
-            .to_indexed()
-            .map_err(rustic("reading the library's index"))?;
-        Self::full_manifest(&repo, &snap, image)
+        Self::full_manifest_indexing(repo, &snap, image)
     }
 
-    /// The full manifest of capture `at` of `image` as far as it is written (see
-    /// [`Library::manifest_following`]); `None` before the capture wrote any.
+    /// [`Library::manifest_following`] without waiting: `None` before the capture
+    /// wrote any manifest.
     pub fn manifest_so_far(&self, image: &str, at: &str) -> Result<Option<Manifest>> {
         check_image_name(image).map_err(|e| anyhow!(e))?;
         let repo = self.open()?;
-        let Some((snap, _)) = Self::written_so_far(&repo, image, at)? else {
+        let Some((snap, m)) = Self::written_so_far(&repo, image, at)? else {
             return Ok(None);
         };
+        Self::check_not_abandoned(&m, image, at)?;
+        Self::full_manifest_indexing(repo, &snap, image).map(Some)
+    }
+
+    /// The full manifest in `snap`, the index read first.
+    fn full_manifest_indexing(
+        repo: Repository<OpenStatus>,
+        snap: &SnapshotFile,
+        image: &str,
+    ) -> Result<Manifest> {
         let repo = repo
             .to_indexed()
             .map_err(rustic("reading the library's index"))?;
-        Self::full_manifest(&repo, &snap, image).map(Some)
+        Self::full_manifest(&repo, snap, image)
+    }
+
+    /// A capture that stopped is no layout to deploy.
+    fn check_not_abandoned(m: &Manifest, image: &str, at: &str) -> Result<()> {
+        match &m.abandoned {
+            Some(why) => bail!("image {image}: capture {at} stopped: {why}"),
+            None => Ok(()),
+        }
     }
 
     fn full_manifest<S: rustic_core::IndexedFull>(
@@ -705,6 +718,7 @@ impl Library {
         loop {
             if let Some((snap, m)) = Self::written_so_far(repo, image, at)? {
                 let Some(fs) = fs else {
+                    Self::check_not_abandoned(&m, image, at)?;
                     return Ok((snap, m));
                 };
                 if m.filesystem(fs).is_some() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use ferry_model::deploy::{DeployPlan, SourceFs, default_plan};
+use ferry_model::image::Manifest;
 use ferry_model::protocol::{Action, MessageBody};
 
 use crate::config::ManagerConfig;
@@ -74,11 +75,20 @@ async fn plan_for(
     .await
 }
 
+/// A capture still running that a deploy follows: what it has written so far (its
+/// layout, survey and the filesystems to come), and how long to wait for each of them.
+pub(crate) struct Following {
+    /// [`ferry_image::Library::manifest_so_far`].
+    pub manifest: Manifest,
+    /// The plan's `follow_secs`.
+    pub secs: u64,
+}
+
 /// The plan to deploy `capture` (or the plan's, or the latest) of `image` onto agent
 /// `id`'s machine: `user`'s, or the default one for the survey in its status; checked
-/// against the image's manifest, every problem named. With `follow_secs`, the capture
-/// may still be running: the plan is made from what it has written so far (its
-/// layout), and the deploy follows it.
+/// against the image's manifest, every problem named. When `following` a capture
+/// still running, the plan is made from what it has written so far, and the deploy
+/// follows it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn checked_plan(
     repo: &Repo,
@@ -88,7 +98,7 @@ pub(crate) async fn checked_plan(
     user: Option<DeployPlan>,
     id: &str,
     keep_on_failure: bool,
-    follow_secs: Option<u64>,
+    following: Option<Following>,
 ) -> Result<DeployPlan> {
     let planned = user.as_ref().and_then(|p| p.capture.clone());
     if let (Some(asked), Some(planned)) = (capture, &planned)
@@ -98,26 +108,16 @@ pub(crate) async fn checked_plan(
     }
     // A plan names its capture; else the one asked for; else the latest.
     let at = planned.or_else(|| capture.map(str::to_string));
-    let manifest = {
-        let image = image.to_string();
-        match (follow_secs, at) {
-            (Some(_), Some(at)) => {
-                let (img, capture) = (image.clone(), at.clone());
-                repo.with(move |lib| lib.manifest_so_far(&img, &capture))
-                    .await?
-                    .with_context(|| {
-                        format!("image {image}: capture {at} has not begun writing yet")
-                    })?
-            }
-            (_, at) => {
-                repo.with(move |lib| lib.manifest(&image, at.as_deref()))
-                    .await?
-            }
+    let (manifest, follow_secs) = match following {
+        Some(f) => (f.manifest, Some(f.secs)),
+        None => {
+            let image = image.to_string();
+            let manifest = repo
+                .with(move |lib| lib.manifest(&image, at.as_deref()))
+                .await?;
+            (manifest, None)
         }
     };
-    if let Some(why) = &manifest.abandoned {
-        bail!("image {image}: capture {} stopped: {why}", manifest.capture);
-    }
     let mut plan = match user {
         Some(plan) => plan,
         None => {

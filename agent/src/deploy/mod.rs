@@ -65,13 +65,6 @@ pub fn run(host: &Host, lib: &Library, plan: &DeployPlan, meter: &Arc<Meter>) ->
         _ => lib.manifest(&plan.image, plan.capture.as_deref()),
     }
     .with_context(|| format!("reading image {}", plan.image))?;
-    if let Some(why) = &manifest.abandoned {
-        bail!(
-            "image {}: capture {} stopped before the deploy began: {why}",
-            plan.image,
-            manifest.capture
-        );
-    }
     check(plan, &manifest)?;
     // Every disk must be the planned one before any is touched (and a refused disk
     // is not wiped as a failed deploy's would be).

@@ -700,14 +700,6 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
             running.join(", ")
         );
     }
-    if let Some(capture) = state.step(Step::Capture)
-        && direct
-        && matches!(capture.status, StepStatus::Running { .. })
-    {
-        // A deploy following the capture stops at its next filesystem.
-        let why = format!("job {id} was cancelled");
-        super::engine::abandon(config, &job, capture.attempt, &why).await;
-    }
     if direct {
         // Deleted only once the cancel has stuck and no agent works in it any more.
         let job = super::load(fleet.store(), &id).await?;
@@ -717,6 +709,8 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
                 "job {id}: the cancel did not stick (another manager wrote at the same time); run `ferry job cancel {id}` again"
             );
         }
+        // A deploy following the capture stops at its next filesystem.
+        super::engine::tell_follower(config, &job).await;
         let repo = Repo::direct(config, &id)?;
         let mut busy = Vec::new();
         for s in &state.steps {

@@ -5,13 +5,15 @@
 use anyhow::{Context, Result};
 use ferry_mailbox::health::Health;
 use ferry_model::job::{
-    EventKind, JobKind, JobState, Outcome, Step, StepState, StepStatus, TargetRef, capture_id,
+    EventKind, JobKind, JobState, JobStatus, Outcome, Step, StepState, StepStatus, TargetRef,
+    capture_id,
 };
 use ferry_model::protocol::{Action, AgentKind, MessageBody};
 use tracing::info;
 
 use super::Job;
 use crate::config::ManagerConfig;
+use crate::deploy::Following;
 use crate::fleet::Fleet;
 use crate::images::Repo;
 
@@ -31,21 +33,31 @@ pub async fn advance(config: &ManagerConfig, fleet: &Fleet, id: &str) -> Result<
     Ok(job)
 }
 
-/// A direct job whose capture failed while its deploy, following that capture, still
-/// runs: marks the capture stopped so the deploy ends with the reason. Marking is
-/// idempotent, so a replica that died between recording the failure and marking it
-/// is made good by the next one to carry the job.
-async fn tell_follower(config: &ManagerConfig, job: &Job) {
+/// A direct job whose capture will not finish — it failed, or the job was cancelled
+/// while it ran — while its deploy, following that capture, still runs: marks the
+/// capture stopped so the deploy ends with the reason. Marking is idempotent, so a
+/// replica that died between recording the failure (or cancel) and marking it is made
+/// good by the next one to carry the job.
+pub(super) async fn tell_follower(config: &ManagerConfig, job: &Job) {
     if !job.spec.direct() {
         return;
     }
     let state = job.state();
-    if let (Some(capture), Some(deploy)) = (state.step(Step::Capture), state.step(Step::Deploy))
-        && let StepStatus::Failed { error } = &capture.status
-        && matches!(deploy.status, StepStatus::Running { .. })
-    {
-        abandon(config, job, capture.attempt, error).await;
+    let (Some(capture), Some(deploy)) = (state.step(Step::Capture), state.step(Step::Deploy))
+    else {
+        return;
+    };
+    if !matches!(deploy.status, StepStatus::Running { .. }) {
+        return;
     }
+    let why = match &capture.status {
+        StepStatus::Failed { error } => error.clone(),
+        StepStatus::Running { .. } if state.status == JobStatus::Cancelled => {
+            format!("job {} was cancelled", job.spec.id)
+        }
+        _ => return,
+    };
+    abandon(config, job, capture.attempt, &why).await;
 }
 
 /// The steps of [`advance`].
@@ -105,10 +117,12 @@ async fn work_on(
         Step::Target => return find_target(config, fleet, job, state, attempt).await,
         Step::Discard => return Ok(Some(discard(config, job, attempt).await)),
         Step::Capture => send_capture(config, fleet, job, attempt, &command_id).await,
-        Step::Deploy => match send_deploy(config, fleet, job, state, &command_id).await {
-            Ok(None) => return Ok(None),
-            Ok(Some(sent)) => Ok(sent),
-            Err(e) => Err(e),
+        Step::Deploy => match send_deploy(config, fleet, job, state, &command_id)
+            .await
+            .transpose()
+        {
+            None => return Ok(None),
+            Some(sent) => sent,
         },
     };
     Ok(Some(match sent {
@@ -305,17 +319,19 @@ async fn send_deploy(
         .context("the target's agent is not known yet")?
         .to_string();
     let repo = Repo::of_job(config, &job.spec)?;
-    let follow_secs = job.spec.direct().then_some(FOLLOW_SECS);
-    if let (Some(_), Some(at)) = (follow_secs, capture) {
-        let (img, at) = (image.clone(), at.to_string());
-        if repo
-            .with(move |lib| lib.manifest_so_far(&img, &at))
-            .await?
-            .is_none()
-        {
-            return Ok(None);
+    let following = match capture {
+        Some(at) if job.spec.direct() => {
+            let (img, at) = (image.clone(), at.to_string());
+            let Some(manifest) = repo.with(move |lib| lib.manifest_so_far(&img, &at)).await? else {
+                return Ok(None);
+            };
+            Some(Following {
+                manifest,
+                secs: FOLLOW_SECS,
+            })
         }
-    }
+        _ => None,
+    };
     let plan = crate::deploy::checked_plan(
         &repo,
         fleet,
@@ -324,7 +340,7 @@ async fn send_deploy(
         settings.plan.as_deref().cloned(),
         &target,
         settings.keep_on_failure,
-        follow_secs,
+        following,
     )
     .await?;
     let reboot = settings.reboot;
@@ -341,7 +357,7 @@ async fn send_deploy(
 /// Tells a direct migration's deploy, which may be following the capture, that
 /// capture `attempt` failed; a failure to do so is logged (the deploy then waits out
 /// its own deadline).
-pub(super) async fn abandon(config: &ManagerConfig, job: &Job, attempt: u32, why: &str) {
+async fn abandon(config: &ManagerConfig, job: &Job, attempt: u32, why: &str) {
     let id = capture_id(&job.spec.id, attempt);
     let (image, why) = (job.spec.image().to_string(), why.to_string());
     let marked = async {
