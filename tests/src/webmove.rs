@@ -648,10 +648,7 @@ pub fn phases(job: &Value, to_booted: f64) -> Result<Vec<(String, f64)>> {
             s["millis"].as_u64().unwrap_or(0) as f64 / 1000.0,
         ));
     }
-    if let Some(discard) = job["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["step"] == "discard"))
-    {
+    if let Ok(discard) = step("discard") {
         out.push((
             "discard of the temporary repository".into(),
             secs_between(&discard["started_ms"], &discard["ended_ms"]),

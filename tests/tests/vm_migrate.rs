@@ -16,7 +16,8 @@
 //!   target VM, which PXE-boots the ramdisk by connecting out; it finds the target's
 //!   agent by its MAC and deploys the default plan while the capture still runs,
 //!   restoring each filesystem as soon as it is captured, then deletes the
-//!   repository. One replica is killed in the middle of the deploy; the other finishes the job, and the target's agent ran the deploy once.
+//!   repository. One replica is killed in the middle of the deploy; the other
+//!   finishes the job, and the target's agent ran the deploy once.
 //!   The migrated system's nginx serves the page inside the target data centre, and
 //!   nothing from the manager's or the source's host gets in there;
 //! - UEFI source → BIOS target with RAID1 over two disks + LVM (the plan made from

@@ -3,8 +3,9 @@
 //! manager with its embedded store, boot server and a QEMU provider, and runs `ferry
 //! migrate --direct` of the running source onto a new UEFI machine the provider makes,
 //! which PXE-boots Ferry's ramdisk, is laid out, restored (each filesystem as soon as
-//! the capture has written it) and re-wired, and reboots into the migrated system. Ends by fetching the source's page from the migrated target and
-//! printing the phases and the total time.
+//! the capture has written it) and re-wired, and reboots into the migrated system.
+//! Ends by fetching the source's page from the migrated target and printing the
+//! phases and the total time.
 
 use std::time::Instant;
 
