@@ -1,5 +1,6 @@
 //! The Ferry agent: identity, survey, and the loop that heartbeats and runs signed commands.
 
+pub mod bootswap;
 pub mod capture;
 pub mod config;
 pub mod deploy;

@@ -130,6 +130,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     if std::process::id() == 1 {
+        if ferry_agent::bootswap::shim::planned() {
+            ferry_agent::bootswap::shim::run();
+        }
         ferry_agent::ramdisk::init();
     }
     let console = std::env::args().nth(1).as_deref() == Some("ramdisk-agent");

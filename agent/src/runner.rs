@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub enum Stop {
     Poweroff,
     /// A `reboot` command was run (ramdisk agents only).
     Reboot,
+    /// A `boot-ramdisk` command was answered: the server is to enter its ramdisk.
+    BootRamdisk,
 }
 
 /// A running agent: its identity, store, state and pending work.
@@ -57,6 +60,9 @@ pub struct Agent {
     status_due: bool,
     identity_done: bool,
     hot_until: Instant,
+    /// The server's ramdisk, made by a `boot-ramdisk` command, to enter once the
+    /// command is done.
+    boot_swap: Option<crate::bootswap::Prepared>,
 }
 
 /// How long after a command the agent polls fast.
@@ -89,6 +95,11 @@ impl Agent {
         )?;
         let keys = crate::identity::load_or_create_keys(&config.state_dir)?;
         let state = state_dir.load()?;
+        if config.kind.unwrap_or(AgentKind::Installed) == AgentKind::Installed {
+            for what in crate::bootswap::clean_up(&config.state_dir) {
+                info!("removed what an earlier boot-ramdisk left: {what}");
+            }
+        }
         Ok(Agent {
             kind: config.kind.unwrap_or(AgentKind::Installed),
             config,
@@ -111,6 +122,7 @@ impl Agent {
             status_due: true,
             identity_done: false,
             hot_until: Instant::now(),
+            boot_swap: None,
         })
     }
 
@@ -536,6 +548,49 @@ impl Agent {
             Action::Capture { .. } | Action::Restore { .. } => {
                 (self.run_image_action(cmd).await, None)
             }
+            Action::BootRamdisk { .. } if self.kind == AgentKind::Ramdisk => (
+                MessageBody::Failed {
+                    action,
+                    code: "unsupported".into(),
+                    text: "this machine already runs the Ferry ramdisk".into(),
+                },
+                None,
+            ),
+            Action::BootRamdisk {
+                method,
+                base,
+                fallback_secs,
+                check,
+            } => match self
+                .prepare_boot(*method, base, *fallback_secs, &cmd.command_id)
+                .await
+            {
+                Ok((prepared, warnings)) => {
+                    let body = MessageBody::RamdiskPrepared {
+                        method: prepared.method,
+                        why: prepared.why.clone(),
+                        kernel_release: prepared.release.clone(),
+                        modules: prepared.modules,
+                        bytes: prepared.bytes(),
+                        rebooting: !check,
+                        warnings,
+                    };
+                    if *check {
+                        (body, None)
+                    } else {
+                        self.boot_swap = Some(prepared);
+                        (body, Some(Stop::BootRamdisk))
+                    }
+                }
+                Err(e) => (
+                    MessageBody::Failed {
+                        action,
+                        code: "boot-ramdisk-failed".into(),
+                        text: format!("{e:#}"),
+                    },
+                    None,
+                ),
+            },
             Action::Deploy { .. } if self.kind == AgentKind::Installed => (
                 MessageBody::Failed {
                     action,
@@ -582,6 +637,113 @@ impl Agent {
 }
 
 impl Agent {
+    /// Makes the server's own ramdisk for `boot-ramdisk` (see [`crate::bootswap`]):
+    /// the base read from the store and checked, the running kernel's drivers, the
+    /// network from the survey; the method chosen. Changes nothing on the server.
+    async fn prepare_boot(
+        &mut self,
+        method: ferry_model::protocol::BootMethod,
+        base: &ferry_model::protocol::RamdiskBase,
+        fallback_secs: u32,
+        command_id: &str,
+    ) -> Result<(crate::bootswap::Prepared, Vec<String>)> {
+        use crate::bootswap;
+        self.phase = "preparing the ramdisk";
+        if let Err(e) = self.publish_status().await {
+            warn!("could not publish status: {e}");
+        }
+        let fetch = async |what: &str, key: &str, sha256: &str| -> Result<Vec<u8>> {
+            let data = self
+                .store
+                .get(key)
+                .await
+                .with_context(|| format!("reading the {what} {key} from the store"))?
+                .with_context(|| {
+                    format!("the {what} {key} is not in the store; publish it again (`ferry boot-ramdisk` does)")
+                })?;
+            bootswap::check_digest(what, key, &data, sha256)?;
+            Ok(data.to_vec())
+        };
+        let info = fetch(
+            "ramdisk base's build information",
+            &base.info_key,
+            &base.info_sha256,
+        )
+        .await?;
+        let info: ferry_initramfs::info::BaseInfo =
+            serde_json::from_slice(&info).with_context(|| {
+                format!(
+                    "{} is not a ramdisk base's build information",
+                    base.info_key
+                )
+            })?;
+        let data = fetch("ramdisk base", &base.key, &base.sha256).await?;
+        anyhow::ensure!(
+            data.len() as u64 == base.bytes,
+            "the ramdisk base {} has {} bytes, not the {} the command names",
+            base.key,
+            data.len(),
+            base.bytes
+        );
+        self.resurvey(Duration::from_secs(300)).await;
+        let (network, mut warnings) =
+            crate::ramdisk::hostnet::HostNetwork::from_survey(&self.survey.os.network);
+        anyhow::ensure!(
+            !network.links.is_empty(),
+            "this server has no IPv4 address on an Ethernet interface for the ramdisk to bring up"
+        );
+        let state_dir = self.config.state_dir.clone();
+        let (facts, drivers, modules) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let facts = bootswap::Facts::gather(&state_dir);
+            let dir = Path::new("/lib/modules").join(&facts.release);
+            let (drivers, modules) = bootswap::drivers_layer(&dir, &info, 3)?;
+            Ok((facts, drivers.to_bytes(), modules))
+        })
+        .await
+        .context("preparing the ramdisk stopped unexpectedly")??;
+        let bytes = (drivers.len() + data.len()) as u64;
+        let (method, why) = bootswap::choose(method, &facts, bytes)?;
+        warnings.extend((modules == 0).then(|| {
+            format!(
+                "kernel {} has no loadable storage or network drivers here",
+                facts.release
+            )
+        }));
+        self.phase = "idle";
+        self.status_due = true;
+        Ok((
+            bootswap::Prepared {
+                method,
+                why,
+                release: facts.release.clone(),
+                kernel: facts.kernel.clone(),
+                modules,
+                drivers,
+                base: data,
+                grub: facts.grub.clone().ok(),
+                cmdline: bootswap::kernel_cmdline(&facts.consoles),
+                params: bootswap::ramdisk_params(fallback_secs),
+                network,
+                command_id: command_id.to_string(),
+            },
+            warnings,
+        ))
+    }
+
+    /// Enters the ramdisk a `boot-ramdisk` command made, now that the command is done
+    /// (its state goes along). On failure the server's boot is as it was.
+    pub fn enter_ramdisk(&mut self) -> Result<()> {
+        let Some(prepared) = self.boot_swap.take() else {
+            anyhow::bail!("no ramdisk was prepared");
+        };
+        info!(method = %prepared.method, "entering the Ferry ramdisk");
+        prepared.enter(&self.config).inspect_err(|_| {
+            for what in crate::bootswap::clean_up(&self.config.state_dir) {
+                info!("undone: {what}");
+            }
+        })
+    }
+
     /// Opens a sealed secret of `cmd`; `Ok(None)` when it has none by that name.
     fn open_secret(&self, cmd: &CommandPayload, name: &str) -> Result<Option<Vec<u8>>, String> {
         cmd.secrets
@@ -747,12 +909,35 @@ pub async fn run_agent(mut agent: Agent, shutdown: impl Future<Output = ()>) -> 
     loop {
         let ran_before = agent.state.last_seq;
         let delay = match agent.tick().await {
+            Ok(Some(Stop::BootRamdisk)) => match agent.enter_ramdisk() {
+                Ok(()) => {
+                    info!("the server is rebooting into the Ferry ramdisk");
+                    return Ok(Stop::BootRamdisk);
+                }
+                Err(e) => {
+                    warn!("could not enter the ramdisk: {e:#}");
+                    agent.note_error("boot-ramdisk-failed", &e);
+                    let body = MessageBody::Alert {
+                        code: "boot-ramdisk-failed".into(),
+                        text: format!(
+                            "the ramdisk was made but could not be entered: {e:#}; the server's boot is as it was"
+                        ),
+                    };
+                    if let Err(e) = agent.emit(None, body) {
+                        warn!("could not spool the alert: {e:#}");
+                    }
+                    Duration::ZERO
+                }
+            },
             Ok(Some(stop)) => {
                 info!(?stop, "agent stopping on command");
                 return Ok(stop);
             }
             Ok(None) => {
                 backoff = Duration::ZERO;
+                if agent.kind == AgentKind::Ramdisk {
+                    crate::ramdisk::mark_reached();
+                }
                 // Right after a command, look again soon: commands tend to come in runs.
                 if agent.state.last_seq != ran_before {
                     agent.hot_until = Instant::now() + HOT_WINDOW;

@@ -4,8 +4,17 @@
 //! - `ferry.iface=MAC` — the NIC to bring up (otherwise the first that gets a lease)
 //! - `ferry.config=PATH|http://URL` — the agent config (otherwise the baked-in one)
 //! - `ferry.debug` — start a busybox shell on the console as well
+//! - `ferry.fallback=SECS` — reboot when the agent has not reached the store this many
+//!   seconds after the kernel started (a server's own ramdisk: it reboots back into
+//!   the server's system)
+//!
+//! A ramdisk may also carry parameters in [`EXTRA_PATH`], read after the kernel's (a
+//! ramdisk entered without a boot loader has no command line of its own).
 
 use std::net::Ipv4Addr;
+
+/// Where a ramdisk carries parameters besides the kernel command line.
+pub const EXTRA_PATH: &str = "/etc/ferry/cmdline";
 
 /// Static IPv4 settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub struct FerryArgs {
     pub config: Option<String>,
     /// Whether to start the debug shell.
     pub debug: bool,
+    /// Reboot when the store was not reached this many seconds after boot.
+    pub fallback_secs: Option<u32>,
 }
 
 /// A parameter that cannot be used, with what would be right.
@@ -109,10 +120,18 @@ pub fn parse(cmdline: &str) -> (FerryArgs, Vec<ArgError>) {
                 )),
             },
             ("ferry.config", Some(v)) if !v.is_empty() => args.config = Some(v),
+            ("ferry.fallback", Some(v)) => match v.parse::<u32>() {
+                Ok(secs) if secs > 0 => args.fallback_secs = Some(secs),
+                _ => errors.push(err(
+                    "ferry.fallback",
+                    &v,
+                    "expected a number of seconds greater than zero",
+                )),
+            },
             (k, _) if k.starts_with("ferry.") => errors.push(err(
                 k,
                 "",
-                "unknown or missing value; known: ferry.ip=, ferry.iface=, ferry.config=, ferry.debug",
+                "unknown or missing value; known: ferry.ip=, ferry.iface=, ferry.config=, ferry.debug, ferry.fallback=",
             )),
             _ => {}
         }
@@ -187,6 +206,12 @@ mod tests {
         assert_eq!(a.iface.as_deref(), Some("52:54:00:ab:cd:ef"));
         assert_eq!(a.config.as_deref(), Some("http://10.0.2.2:8080/a b.yaml"));
         assert!(a.debug);
+        assert_eq!(a.fallback_secs, None);
+        let (a, e) = parse("ferry.fallback=600");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(a.fallback_secs, Some(600));
+        let (_, e) = parse("ferry.fallback=0");
+        assert!(e[0].to_string().contains("seconds"), "{e:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Builds the Ferry ramdisk: the agent as `/init`, kernel modules chosen by driver set
-//! with their full dependency closure, tools with their libraries, optional firmware,
-//! the baked-in agent config, then zstd compression.
+//! Builds the Ferry ramdisk: the agent as `/init`, tools with their libraries, the
+//! baked-in agent config (the base), kernel modules chosen by driver set with their
+//! full dependency closure ([`crate::drivers`]) and optional firmware, then zstd
+//! compression.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -10,66 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cpio::Archive;
+use crate::drivers::Selection;
+pub use crate::drivers::{DriverSet, MODULE_SUFFIX};
 use crate::info::{CONFIG_PATH, INFO_PATH, RamdiskInfo};
 use crate::manifest::Manifest;
-use crate::modules::{ModuleIndex, glob_match};
-
-/// Which drivers go in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriverSet {
-    /// Every storage and network driver the manifest names.
-    All,
-    /// The manifest's `minimal` list (virtio).
-    Virtio,
-    /// Drivers matching these PCI vendor:device ids.
-    Pci(Vec<(u16, u16)>),
-}
-
-impl std::str::FromStr for DriverSet {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "all" => Ok(DriverSet::All),
-            "virtio" => Ok(DriverSet::Virtio),
-            _ => {
-                let Some(ids) = s.strip_prefix("pci:") else {
-                    bail!(
-                        "driver set {s:?} is not one of all, virtio, pci:VVVV:DDDD[,VVVV:DDDD...]"
-                    );
-                };
-                let parse = |id: &str| -> Result<(u16, u16)> {
-                    let (v, d) = id
-                        .split_once(':')
-                        .with_context(|| format!("PCI id {id:?} is not VVVV:DDDD"))?;
-                    Ok((
-                        u16::from_str_radix(v, 16).with_context(|| format!("PCI vendor {v:?}"))?,
-                        u16::from_str_radix(d, 16).with_context(|| format!("PCI device {d:?}"))?,
-                    ))
-                };
-                let ids = ids.split(',').map(parse).collect::<Result<Vec<_>>>()?;
-                ensure!(!ids.is_empty(), "pci: needs at least one VVVV:DDDD");
-                Ok(DriverSet::Pci(ids))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for DriverSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DriverSet::All => f.write_str("all"),
-            DriverSet::Virtio => f.write_str("virtio"),
-            DriverSet::Pci(ids) => {
-                let ids: Vec<String> = ids
-                    .iter()
-                    .map(|(v, d)| format!("{v:04x}:{d:04x}"))
-                    .collect();
-                write!(f, "pci:{}", ids.join(","))
-            }
-        }
-    }
-}
+use crate::modules::ModuleIndex;
 
 /// Everything a build needs.
 #[derive(Debug, Clone)]
@@ -94,18 +40,29 @@ pub struct Inputs {
     pub level: i32,
 }
 
-/// A built ramdisk, before compression.
+/// A built ramdisk, before compression, in two parts: the kernel unpacks concatenated
+/// archives in order, and a server's own ramdisk is the base with its own kernel's
+/// drivers instead of the build kernel's (`boot-ramdisk`).
 pub struct Ramdisk {
-    /// The archive.
-    pub archive: Archive,
+    /// Everything but the kernel's modules and firmware: the agent as `/init`, the
+    /// tools with their libraries, files, the baked-in config.
+    pub base: Archive,
+    /// The build kernel's modules and firmware, and `ramdisk.json`.
+    pub drivers: Archive,
     /// What went in.
     pub info: RamdiskInfo,
     /// Firmware files the modules name but the build host lacks.
     pub firmware_missing: Vec<String>,
 }
 
-/// Modules in the ramdisk are compressed one by one (the kmod convention for names).
-pub const MODULE_SUFFIX: &str = ".zst";
+impl Ramdisk {
+    /// The whole ramdisk as one archive.
+    pub fn whole(&self) -> Result<Archive> {
+        let mut a = self.base.clone();
+        a.extend(&self.drivers)?;
+        Ok(a)
+    }
+}
 
 /// Host folders searched for tools, in order.
 const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -150,17 +107,17 @@ pub fn assemble(inputs: &Inputs) -> Result<Ramdisk> {
         a.file(CONFIG_PATH, 0o600, config.clone().into_bytes())?;
     }
 
-    let (modules, preload, release) = add_modules(&mut a, inputs)?;
-    let idx = ModuleIndex::open(&inputs.modules_dir)?;
-    let m = &inputs.manifest.modules;
-    let watch: BTreeSet<String> = m
-        .storage
-        .iter()
-        .chain(&m.network)
-        .flat_map(|p| idx.under(p))
-        .collect();
+    let mut d = Archive::new();
+    let sel = Selection {
+        rules: &inputs.manifest.modules,
+        drivers: &inputs.drivers,
+        exclude: &inputs.exclude,
+        level: inputs.level,
+        strict: true,
+    };
+    let drivers = crate::drivers::add(&mut d, &inputs.modules_dir, &sel)?;
     let (firmware, firmware_missing) = if inputs.firmware {
-        add_firmware(&mut a, inputs, &modules)?
+        add_firmware(&mut d, inputs, &drivers.modules)?
     } else {
         (Vec::new(), Vec::new())
     };
@@ -175,18 +132,19 @@ pub fn assemble(inputs: &Inputs) -> Result<Ramdisk> {
         a.file(path, 0o644, text.clone().into_bytes())?;
     }
     let info = RamdiskInfo {
-        kernel_release: release,
+        kernel_release: drivers.release,
         drivers: inputs.drivers.to_string(),
-        preload,
-        modules: modules.into_iter().collect(),
+        preload: drivers.preload,
+        modules: drivers.modules.into_iter().collect(),
         excluded: inputs.exclude.clone(),
         tools,
         firmware,
-        watch: watch.into_iter().collect(),
+        watch: drivers.watch,
     };
-    a.file(INFO_PATH, 0o644, serde_json::to_vec_pretty(&info)?)?;
+    d.file(INFO_PATH, 0o644, serde_json::to_vec_pretty(&info)?)?;
     Ok(Ramdisk {
-        archive: a,
+        base: a,
+        drivers: d,
         info,
         firmware_missing,
     })
@@ -219,157 +177,6 @@ fn skeleton(a: &mut Archive) -> Result<()> {
         a.symlink(link, target)?;
     }
     Ok(())
-}
-
-/// Picks the modules, adds their files and the depmod files; returns the module set,
-/// the preload order and the kernel release.
-fn add_modules(
-    a: &mut Archive,
-    inputs: &Inputs,
-) -> Result<(BTreeSet<String>, Vec<String>, String)> {
-    let dir = &inputs.modules_dir;
-    ensure!(
-        dir.is_dir(),
-        "kernel module folder {} does not exist; install the kernel's modules (Debian: linux-image-amd64) or pass --modules DIR",
-        dir.display()
-    );
-    let release = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .context("module folder has no name")?;
-    let idx = ModuleIndex::open(dir)?;
-    let m = &inputs.manifest.modules;
-    let excluded = |name: &str, path: &str| {
-        inputs.exclude.iter().any(|e| e.replace('-', "_") == name)
-            || m.exclude.iter().any(|e| {
-                path.strip_prefix(e.trim_end_matches('/'))
-                    .is_some_and(|r| r.is_empty() || r.starts_with('/'))
-            })
-    };
-    let mut wanted: Vec<String> = m.always.clone();
-    match &inputs.drivers {
-        DriverSet::All => {
-            for prefix in m.storage.iter().chain(&m.network) {
-                let found = idx.under(prefix);
-                ensure!(
-                    !found.is_empty() || !prefix.ends_with(".ko"),
-                    "manifest names {prefix}, which kernel {release} does not have"
-                );
-                wanted.extend(found);
-            }
-        }
-        DriverSet::Virtio => wanted.extend(m.minimal.iter().cloned()),
-        DriverSet::Pci(ids) => {
-            wanted.extend(m.minimal.iter().cloned());
-            for (vendor, device) in ids {
-                let mut matched = false;
-                for (pattern, module) in &idx.aliases {
-                    if pci_alias_matches(pattern, *vendor, *device) {
-                        wanted.push(module.clone());
-                        matched = true;
-                    }
-                }
-                ensure!(
-                    matched,
-                    "no module of kernel {release} drives PCI device {vendor:04x}:{device:04x}"
-                );
-            }
-        }
-    }
-    wanted.retain(|n| {
-        let path = idx
-            .paths
-            .get(&n.replace('-', "_"))
-            .map(String::as_str)
-            .unwrap_or("");
-        !excluded(&n.replace('-', "_"), path)
-    });
-    let order = idx.closure(&wanted).map_err(|unknown| {
-        anyhow::anyhow!(
-            "kernel {release} has no module named {} (check the manifest's module lists)",
-            unknown.join(", ")
-        )
-    })?;
-    let keep: BTreeSet<String> = order.iter().cloned().collect();
-    for name in &inputs.exclude {
-        if keep.contains(&name.replace('-', "_")) {
-            bail!(
-                "--exclude-module {name}: other chosen modules need it, so it cannot be left out"
-            );
-        }
-    }
-    let base = format!("usr/lib/modules/{release}");
-    for (rel, data) in compress_modules(&idx, dir, &keep, inputs.level)? {
-        a.file(&format!("{base}/{rel}{MODULE_SUFFIX}"), 0o644, data)?;
-    }
-    let (dep, soft) = idx.subset_texts(&keep, MODULE_SUFFIX);
-    a.file(&format!("{base}/modules.dep"), 0o644, dep.into_bytes())?;
-    a.file(&format!("{base}/modules.softdep"), 0o644, soft.into_bytes())?;
-    // The whole alias table, not the subset's: the agent names the drivers left out.
-    for f in ["modules.builtin", "modules.alias"] {
-        if let Ok(data) = fs::read(dir.join(f)) {
-            a.file(&format!("{base}/{f}"), 0o644, data)?;
-        }
-    }
-    let preload = idx
-        .closure(&m.preload)
-        .map_err(|u| anyhow::anyhow!("preload names unknown modules {}", u.join(", ")))?
-        .into_iter()
-        .filter(|n| keep.contains(n))
-        .collect();
-    Ok((keep, preload, release))
-}
-
-/// A module's path in the module folder, with its compressed content.
-type Compressed = (String, Vec<u8>);
-
-/// Compresses each module on its own, on every core: the kernel then unpacks a third
-/// of the bytes at boot, and the agent decompresses only the modules it loads.
-fn compress_modules(
-    idx: &ModuleIndex,
-    dir: &Path,
-    keep: &BTreeSet<String>,
-    level: i32,
-) -> Result<Vec<Compressed>> {
-    let names: Vec<&String> = keep.iter().collect();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = names.len().div_ceil(workers).max(1);
-    let level = level.clamp(1, 19);
-    let one = |name: &String| -> Result<Compressed> {
-        let rel = &idx.paths[name];
-        let data = fs::read(dir.join(rel))
-            .with_context(|| format!("reading module {}", dir.join(rel).display()))?;
-        Ok((rel.clone(), zstd::bulk::compress(&data, level)?))
-    };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|n| one(n)).collect::<Result<Vec<_>>>())
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in handles {
-            let part = h
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("compressing modules failed")))?;
-            out.extend(part);
-        }
-        Ok(out)
-    })
-}
-
-/// Whether a `modules.alias` PCI pattern covers a vendor:device pair, whatever the
-/// subsystem and class fields say.
-fn pci_alias_matches(pattern: &str, vendor: u16, device: u16) -> bool {
-    let Some(rest) = pattern.strip_prefix("pci:v") else {
-        return false;
-    };
-    let Some((v, rest)) = rest.split_once('d') else {
-        return false;
-    };
-    let d = rest.split("sv").next().unwrap_or("");
-    glob_match(v, &format!("{vendor:08X}")) && glob_match(d, &format!("{device:08X}")) && v != "*"
 }
 
 /// Copies the firmware files the modules name (from their `.modinfo`).
@@ -480,21 +287,6 @@ pub fn compress(archive: &Archive, level: i32) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn driver_sets_parse_and_print() {
-        for s in ["all", "virtio", "pci:8086:100e,1af4:1000"] {
-            assert_eq!(s.parse::<DriverSet>().unwrap().to_string(), s);
-        }
-        assert!("pci:zz:1".parse::<DriverSet>().is_err());
-        assert!(
-            "some"
-                .parse::<DriverSet>()
-                .unwrap_err()
-                .to_string()
-                .contains("all, virtio")
-        );
-    }
-
     fn inputs(agent: &str, modules: &str) -> Inputs {
         Inputs {
             manifest: Manifest::parse(crate::manifest::DEFAULT).unwrap(),
@@ -539,25 +331,6 @@ mod tests {
                 "{err}"
             );
         }
-    }
-
-    #[test]
-    fn pci_patterns() {
-        assert!(pci_alias_matches(
-            "pci:v00008086d0000100Esv*sd*bc*sc*i*",
-            0x8086,
-            0x100e
-        ));
-        assert!(!pci_alias_matches(
-            "pci:v00008086d0000100Esv*sd*bc*sc*i*",
-            0x8086,
-            0x100f
-        ));
-        assert!(!pci_alias_matches(
-            "pci:v*d*sv*sd*bc01sc06i01*",
-            0x8086,
-            0x2922
-        ));
     }
 
     #[test]

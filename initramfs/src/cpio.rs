@@ -134,6 +134,19 @@ impl Archive {
         self.insert(path, Entry::Char { mode, major, minor })
     }
 
+    /// Adds every entry of `other` (replacing entries of the same path but folders).
+    pub fn extend(&mut self, other: &Archive) -> io::Result<()> {
+        for (path, entry) in &other.entries {
+            if matches!(entry, Entry::Dir { .. })
+                && matches!(self.entries.get(path), Some(Entry::Dir { .. }))
+            {
+                continue;
+            }
+            self.insert(path, entry.clone())?;
+        }
+        Ok(())
+    }
+
     /// Whether the archive holds this path.
     pub fn contains(&self, path: &str) -> bool {
         normalise(path).is_ok_and(|p| self.entries.contains_key(&p))
@@ -264,6 +277,134 @@ impl<W: Write> Counter<'_, W> {
     }
 }
 
+/// Reads a ramdisk as the kernel does: newc archives one after another, each either
+/// plain or zstd-compressed (a compressed one runs to the end), with zero padding
+/// between them; a later entry replaces an earlier one of the same path.
+pub fn read(data: &[u8]) -> io::Result<Archive> {
+    let bad = |at: usize, what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("ramdisk offset {at}: {what}"),
+        )
+    };
+    let mut a = Archive::new();
+    let mut at = 0;
+    while at < data.len() {
+        if data[at] == 0 {
+            at += 1;
+            continue;
+        }
+        if data[at..].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let plain =
+                zstd::stream::decode_all(&data[at..]).map_err(|e| bad(at, format!("zstd: {e}")))?;
+            let inner = read(&plain)?;
+            a.extend(&inner)?;
+            break;
+        }
+        if !data[at..].starts_with(b"070701") {
+            return Err(bad(at, "neither a newc archive nor zstd data".into()));
+        }
+        at = read_one(data, at, &mut a).map_err(|e| bad(at, e.to_string()))?;
+    }
+    Ok(a)
+}
+
+/// Reads one newc archive starting at `at` into `a`; returns where it ends.
+fn read_one(data: &[u8], mut at: usize, a: &mut Archive) -> io::Result<usize> {
+    let short = || io::Error::new(io::ErrorKind::UnexpectedEof, "the archive is cut short");
+    let align = |n: usize| n.div_ceil(4) * 4;
+    loop {
+        let head = data.get(at..at + 110).ok_or_else(short)?;
+        if &head[..6] != b"070701" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an entry does not start with the newc magic 070701",
+            ));
+        }
+        let field = |i: usize| -> io::Result<u32> {
+            std::str::from_utf8(&head[6 + 8 * i..14 + 8 * i])
+                .ok()
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a header field is not hex")
+                })
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)? as usize, field(11)? as usize);
+        let (rmajor, rminor) = (field(9)?, field(10)?);
+        let name_at = at + 110;
+        let name = data
+            .get(name_at..name_at + namesize.saturating_sub(1))
+            .ok_or_else(short)?;
+        let name = String::from_utf8_lossy(name).to_string();
+        let data_at = align(name_at + namesize);
+        let body = data.get(data_at..data_at + size).ok_or_else(short)?;
+        at = align(data_at + size);
+        if name == "TRAILER!!!" {
+            return Ok(at);
+        }
+        if name == "." {
+            continue;
+        }
+        let perm = mode & 0o7777;
+        let entry = match mode & 0o170000 {
+            0o040000 => Entry::Dir { mode: perm },
+            0o100000 => Entry::File {
+                mode: perm,
+                data: body.to_vec(),
+            },
+            0o120000 => Entry::Symlink {
+                target: String::from_utf8_lossy(body).to_string(),
+            },
+            0o020000 => Entry::Char {
+                mode: perm,
+                major: rmajor,
+                minor: rminor,
+            },
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: file type {other:o} is not supported"),
+                ));
+            }
+        };
+        if matches!(entry, Entry::Dir { .. }) && matches!(a.get(&name), Some(Entry::Dir { .. })) {
+            continue;
+        }
+        a.insert(&name, entry)?;
+    }
+}
+
+impl Archive {
+    /// Writes the archive's folders, files and links under `dest` (device nodes are
+    /// left out: a ramdisk's init mounts devtmpfs). Existing files are replaced.
+    pub fn unpack_to(&self, dest: &std::path::Path) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, entry) in &self.entries {
+            let to = dest.join(path);
+            let with = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", to.display()));
+            match entry {
+                Entry::Dir { mode } => {
+                    std::fs::create_dir_all(&to).map_err(with)?;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(*mode))
+                        .map_err(with)?;
+                }
+                Entry::File { mode, data } => {
+                    let _ = std::fs::remove_file(&to);
+                    std::fs::write(&to, data).map_err(with)?;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(*mode))
+                        .map_err(with)?;
+                }
+                Entry::Symlink { target } => {
+                    let _ = std::fs::remove_file(&to);
+                    std::os::unix::fs::symlink(target, &to).map_err(with)?;
+                }
+                Entry::Char { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A small uncompressed archive holding the agent config, to put *before* a ramdisk:
 /// the kernel unpacks concatenated archives in order, so this adds the config to a
 /// ramdisk built without one (how the boot server and `ferry boot-files` personalise
@@ -325,6 +466,54 @@ mod tests {
         assert_eq!(field(11), 2); // name length with NUL
         assert_eq!(&b[110..112], b"f\0");
         assert_eq!(&b[112..115], b"abc"); // 110 + 2 = 112, already aligned
+    }
+
+    #[test]
+    fn a_ramdisk_of_plain_and_compressed_archives_reads_back_as_the_kernel_would() {
+        let mut first = Archive::new();
+        first
+            .file("etc/ferry/agent.yaml", 0o600, b"new".to_vec())
+            .unwrap();
+        first
+            .file("usr/lib/modules/6.1/a.ko.zst", 0o644, b"mod".to_vec())
+            .unwrap();
+        let mut base = Archive::new();
+        base.file("etc/ferry/agent.yaml", 0o600, b"old".to_vec())
+            .unwrap();
+        base.symlink("bin", "usr/bin").unwrap();
+        base.file("usr/bin/tool", 0o755, vec![7; 5000]).unwrap();
+        base.char_device("dev/console", 0o600, 5, 1).unwrap();
+        let mut ramdisk = first.to_bytes();
+        ramdisk.extend(zstd::bulk::compress(&base.to_bytes(), 3).unwrap());
+        let back = read(&ramdisk).unwrap();
+        // The base comes last, so its config wins, as in the kernel.
+        assert_eq!(
+            back.get("etc/ferry/agent.yaml"),
+            Some(&Entry::File {
+                mode: 0o600,
+                data: b"old".to_vec()
+            })
+        );
+        assert_eq!(back.get("usr/bin/tool"), base.get("usr/bin/tool"));
+        assert_eq!(back.get("dev/console"), base.get("dev/console"));
+        assert!(back.contains("usr/lib/modules/6.1/a.ko.zst"));
+        let dir = tempfile::tempdir().unwrap();
+        back.unpack_to(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/tool")).unwrap(),
+            vec![7; 5000]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("etc/ferry/agent.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Cut short or foreign, it is refused with where.
+        let err = read(&first.to_bytes()[..200]).unwrap_err().to_string();
+        assert!(err.contains("cut short"), "{err}");
+        let err = read(b"\x1f\x8b gzip").unwrap_err().to_string();
+        assert!(err.contains("offset 0") && err.contains("neither"), "{err}");
     }
 
     #[test]

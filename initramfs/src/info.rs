@@ -30,3 +30,14 @@ pub struct RamdiskInfo {
     #[serde(default)]
     pub watch: Vec<String>,
 }
+
+/// Beside the base of a ramdisk (the ramdisk without kernel modules): what a server
+/// needs to add its own kernel's drivers to it the way the build added the build
+/// kernel's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaseInfo {
+    /// The module lists of the manifest the ramdisk was built from.
+    pub modules: crate::drivers::Modules,
+    /// Programs in /usr/bin.
+    pub tools: Vec<String>,
+}

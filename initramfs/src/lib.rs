@@ -2,10 +2,12 @@
 //! dependency closure, the ELF library closure of tools, and the build of the Ferry
 //! ramdisk from a declarative manifest.
 //!
-//! Without the default `build` feature only [`cpio`], [`modules`] and [`info`] are
-//! compiled: the agent uses them at boot, the manager to add configs to a ramdisk.
+//! Without the default `build` feature only [`cpio`], [`modules`], [`drivers`] and
+//! [`info`] are compiled: the agent uses them at boot and to make its server's own
+//! ramdisk, the manager to add configs to a ramdisk.
 
 pub mod cpio;
+pub mod drivers;
 pub mod info;
 pub mod modules;
 

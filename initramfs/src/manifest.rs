@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+pub use crate::drivers::Modules;
+
 /// The manifest shipped with Ferry.
 pub const DEFAULT: &str = include_str!("../ramdisk.yaml");
 
@@ -24,30 +26,6 @@ pub struct Manifest {
     /// Files written as given: path → content.
     #[serde(default)]
     pub write: BTreeMap<String, String>,
-}
-
-/// Which kernel modules go in.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Modules {
-    /// Storage driver folders (or files) for `--drivers all`.
-    #[serde(default)]
-    pub storage: Vec<String>,
-    /// Network driver folders (or files) for `--drivers all`.
-    #[serde(default)]
-    pub network: Vec<String>,
-    /// Folders or files never included.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// The modules of `--drivers virtio`.
-    #[serde(default)]
-    pub minimal: Vec<String>,
-    /// Modules in every ramdisk.
-    #[serde(default)]
-    pub always: Vec<String>,
-    /// Modules loaded at boot whatever the hardware.
-    #[serde(default)]
-    pub preload: Vec<String>,
 }
 
 impl Manifest {

@@ -272,21 +272,24 @@ impl ModuleIndex {
 
     /// The texts of `modules.dep` and `modules.softdep` for a subset of modules, as a
     /// module folder holding only that subset needs them.
-    /// `suffix` is appended to every path (`.zst` when the files are compressed).
-    pub fn subset_texts(&self, keep: &BTreeSet<String>, suffix: &str) -> (String, String) {
+    /// `stored` gives the name each module file has there (`.zst` appended when the
+    /// files are compressed).
+    pub fn subset_texts(
+        &self,
+        keep: &BTreeSet<String>,
+        stored: impl Fn(&str) -> String,
+    ) -> (String, String) {
         let mut dep = String::new();
         for (name, path) in &self.paths {
             if !keep.contains(name) {
                 continue;
             }
-            dep.push_str(path);
-            dep.push_str(suffix);
+            dep.push_str(&stored(path));
             dep.push(':');
             for d in self.deps.get(name).into_iter().flatten() {
                 if let Some(p) = self.paths.get(d) {
                     dep.push(' ');
-                    dep.push_str(p);
-                    dep.push_str(suffix);
+                    dep.push_str(&stored(p));
                 }
             }
             dep.push('\n');
@@ -468,7 +471,7 @@ alias pci:v*d*sv*sd*bc01sc06i01* ahci
     fn subset_texts_keep_only_the_subset() {
         let idx = index();
         let keep: BTreeSet<String> = idx.closure(&["ahci"]).unwrap().into_iter().collect();
-        let (dep, soft) = idx.subset_texts(&keep, ".zst");
+        let (dep, soft) = idx.subset_texts(&keep, |p| format!("{p}.zst"));
         assert!(dep.contains(
             "kernel/drivers/ata/ahci.ko.zst: kernel/drivers/ata/libahci.ko.zst kernel/drivers/ata/libata.ko.zst"
         ));

@@ -59,6 +59,8 @@ pub struct EmbeddedConfig {
 
 /// The image library's folder in the embedded store's bucket.
 pub const LIBRARY_PREFIX: &str = "library/";
+/// Where the manager publishes ramdisk bases, which agents may read.
+pub const BOOT_PREFIX: &str = "boot/";
 
 /// An access key and its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,10 +108,16 @@ impl Class {
         }
     }
 
+    /// May this class read the object `key` (agents also read the published ramdisk
+    /// bases under `boot/`)?
+    fn may_read(self, key: &str) -> bool {
+        self.may(key) || (self == Class::Agent && key.starts_with(BOOT_PREFIX))
+    }
+
     fn scope(self) -> &'static str {
         match self {
             Class::Manager => "everything",
-            Class::Agent => "objects inside one mailbox",
+            Class::Agent => "objects inside one mailbox (and read boot/)",
             Class::Library => "objects inside the image library (library/)",
         }
     }
@@ -156,6 +164,11 @@ impl S3Access for Access {
                 S3Path::Object { bucket, key },
                 "PutObject" | "GetObject" | "HeadObject" | "DeleteObject",
             ) if **bucket == *self.bucket && class.may(key) => Ok(()),
+            (S3Path::Object { bucket, key }, "GetObject" | "HeadObject")
+                if **bucket == *self.bucket && class.may_read(key) =>
+            {
+                Ok(())
+            }
             // The prefix and keys are checked below, once the request is parsed.
             (S3Path::Bucket { bucket }, "ListObjectsV2" | "DeleteObjects")
                 if **bucket == *self.bucket =>
@@ -663,5 +676,11 @@ mod tests {
         assert!(Class::Library.may("library/data/ab/abcd") && Class::Library.may("library/"));
         assert!(!Class::Library.may(&mailbox) && !Class::Library.may("librarian/x"));
         assert!(!Class::Library.may("agents/x") && !Class::Library.may(""));
+        // Agents read the published ramdisk bases, and nothing else outside their
+        // mailbox; they write none of it.
+        let base = format!("boot/{}/initrd-base.zst", "ab".repeat(32));
+        assert!(Class::Agent.may_read(&base) && !Class::Agent.may(&base));
+        assert!(!Class::Agent.may_read("library/config") && !Class::Agent.may_read("jobs/x"));
+        assert!(!Class::Library.may_read(&base));
     }
 }

@@ -1,5 +1,6 @@
 //! The Ferry manager: config, embedded store, fleet view, commands, jobs and the daemon.
 
+pub mod bootramdisk;
 pub mod bootserver;
 pub mod cli;
 pub mod config;

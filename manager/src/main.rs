@@ -9,7 +9,7 @@ use ferry_manager::bootserver::BootConfig;
 use ferry_manager::config::{self, InitOptions, ManagerConfig};
 use ferry_manager::jobs::cli::{MigrateOptions, WatchOptions};
 use ferry_manager::providers::{self, PowerAction};
-use ferry_manager::{cli, deploy, images};
+use ferry_manager::{bootramdisk, cli, deploy, images};
 
 /// Ferry moves running Linux servers onto other servers through mailboxes on a store.
 #[derive(Parser)]
@@ -95,6 +95,32 @@ enum Cmd {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+    },
+    /// Boot a server into the Ferry ramdisk made for it by its installed agent (its own
+    /// kernel and drivers, its network, the same agent id), and wait until the
+    /// ramdisk's agent reports.
+    BootRamdisk {
+        /// Agent id, or a unique prefix of it.
+        id: String,
+        /// How: auto (the safest that works here), grub-once, kexec or init.
+        #[arg(long, default_value = "auto")]
+        method: String,
+        /// Only make the ramdisk and say which method would be used; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// The ramdisk reboots back into the server's system when its agent has not
+        /// reached the store this many seconds after boot.
+        #[arg(long, default_value_t = 600)]
+        fallback: u32,
+        /// Seconds to wait for the ramdisk agent after the server answered.
+        #[arg(long, default_value_t = 600.0)]
+        wait: f64,
+        /// Folder with initrd-base.zst (default: the boot server's folder).
+        #[arg(long)]
+        boot_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Power a ramdisk agent's machine off (an installed agent just stops).
     Poweroff {
@@ -384,6 +410,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iso,
         } => cli::boot_files(&load()?, &out, kernel, initrd, &append, iso),
         Cmd::BootHost { mac, append } => rt.block_on(cli::boot_host(&load()?, &mac, &append)),
+        Cmd::BootRamdisk {
+            id,
+            method,
+            check,
+            fallback,
+            wait,
+            boot_dir,
+            json,
+        } => {
+            let o = bootramdisk::Options {
+                method: method.parse().map_err(anyhow::Error::msg)?,
+                check,
+                fallback_secs: fallback,
+                answer: Duration::from_secs(600),
+                wait: Duration::from_secs_f64(wait),
+                dir: boot_dir,
+                json,
+            };
+            let outcome = rt.block_on(bootramdisk::boot_ramdisk(&load()?, &id, &o))?;
+            bootramdisk::print(&outcome, json)
+        }
         Cmd::Survey { id, json, timeout } => rt.block_on(cli::survey(
             &load()?,
             &id,

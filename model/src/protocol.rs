@@ -321,6 +321,22 @@ pub struct BootReport {
     pub warnings: Vec<String>,
     /// Milliseconds from kernel start to the agent loop.
     pub uptime_ms: u64,
+    /// How the machine came into this ramdisk when its installed agent put it there
+    /// (`ferry boot-ramdisk`); absent after a PXE, ISO or direct boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entered: Option<Entered>,
+}
+
+/// How a server's installed agent put it into the ramdisk, as the ramdisk reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entered {
+    /// The method used.
+    pub method: BootMethod,
+    /// The command that did it.
+    pub command_id: String,
+    /// The running kernel's release (the server's own).
+    pub kernel_release: String,
 }
 
 /// A module the kernel refused.
@@ -460,6 +476,23 @@ pub enum Action {
         #[serde(default)]
         overwrite: bool,
     },
+    /// Boot this server into the Ferry ramdisk made for it (installed agents only):
+    /// the base from the store, the server's own running kernel and its drivers, its
+    /// network configuration and this agent's identity; then reboot by `method`. The
+    /// agent answers [`MessageBody::RamdiskPrepared`] first.
+    BootRamdisk {
+        /// How to enter the ramdisk.
+        method: BootMethod,
+        /// The published ramdisk base.
+        base: RamdiskBase,
+        /// The ramdisk reboots (back into this system, whatever the method) when its
+        /// agent has not reached the store this many seconds after the kernel started.
+        fallback_secs: u32,
+        /// Only make the ramdisk and say which method would be used and why; change
+        /// nothing on the server.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        check: bool,
+    },
     /// Lay out this machine's disks by the plan, restore its image, configure it and
     /// make it boot (ramdisk agents only: it wipes the planned disks). Secrets as for
     /// [`Action::Capture`].
@@ -472,6 +505,74 @@ pub enum Action {
         #[serde(default)]
         reboot: bool,
     },
+}
+
+/// How an installed agent enters the ramdisk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMethod {
+    /// The safest method that works here: grub-once, else kexec, else init.
+    Auto,
+    /// A GRUB entry used for the next boot only; the default entry is untouched, so a
+    /// reset after a ramdisk that never reports boots the server's own system.
+    GrubOnce,
+    /// Load the kernel and ramdisk and jump into them, without firmware or boot loader.
+    Kexec,
+    /// For a server started without a boot loader (a hypervisor's direct kernel
+    /// boot): the init the kernel starts is replaced by a shim that puts its original
+    /// back and enters the ramdisk.
+    Init,
+}
+
+impl BootMethod {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootMethod::Auto => "auto",
+            BootMethod::GrubOnce => "grub-once",
+            BootMethod::Kexec => "kexec",
+            BootMethod::Init => "init",
+        }
+    }
+}
+
+impl std::fmt::Display for BootMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BootMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            BootMethod::Auto,
+            BootMethod::GrubOnce,
+            BootMethod::Kexec,
+            BootMethod::Init,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| format!("boot method {s:?} is not one of auto, grub-once, kexec, init"))
+    }
+}
+
+/// Where a published ramdisk base is in the store (the manager publishes it under
+/// `boot/<sha256>/`), with the digests the agent checks what it reads against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RamdiskBase {
+    /// Store key of the base (`initrd-base.zst`).
+    pub key: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Store key of its build information (`initrd-base.json`).
+    pub info_key: String,
+    /// That file's SHA-256, hex.
+    pub info_sha256: String,
 }
 
 /// Name of the sealed secret holding a library's repository password.
@@ -516,6 +617,7 @@ impl Action {
             Action::Capture { .. } => "capture",
             Action::Restore { .. } => "restore",
             Action::Deploy { .. } => "deploy",
+            Action::BootRamdisk { .. } => "boot-ramdisk",
         }
     }
 }
@@ -561,6 +663,48 @@ impl Document for CommandPayload {
         }
         if self.expires_ms <= self.issued_ms {
             return Err(invalid("expires_ms", "must be after issued_ms".into()));
+        }
+        if let Action::BootRamdisk {
+            base,
+            fallback_secs,
+            ..
+        } = &self.action
+        {
+            base.check().map_err(|(field, d)| invalid(field, d))?;
+            if *fallback_secs < 60 {
+                return Err(invalid(
+                    "fallback_secs",
+                    format!(
+                        "{fallback_secs} s is too short for a ramdisk to reach the store; give at least 60"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RamdiskBase {
+    /// Keys under `boot/`, digests as SHA-256 hex.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, key) in [("base.key", &self.key), ("base.info_key", &self.info_key)] {
+            let parts: Vec<&str> = key.split('/').collect();
+            if parts.first() != Some(&"boot")
+                || parts.len() < 2
+                || parts
+                    .iter()
+                    .any(|p| p.is_empty() || *p == "." || *p == "..")
+            {
+                return Err((field, format!("{key:?} is not a store key under boot/")));
+            }
+        }
+        for (field, hex) in [
+            ("base.sha256", &self.sha256),
+            ("base.info_sha256", &self.info_sha256),
+        ] {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((field, format!("{hex:?} is not a SHA-256 in hex")));
+            }
         }
         Ok(())
     }
@@ -655,6 +799,25 @@ pub enum MessageBody {
         /// Driver modules added to the deployed kernel.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         drivers_added: Vec<String>,
+    },
+    /// A boot-ramdisk command made the server's ramdisk; unless it only checked, the
+    /// server now reboots into it.
+    RamdiskPrepared {
+        /// The method chosen.
+        method: BootMethod,
+        /// Why that method (for `auto`: why not the safer ones).
+        why: String,
+        /// The kernel the ramdisk runs (the server's own).
+        kernel_release: String,
+        /// Driver modules of that kernel put in.
+        modules: u32,
+        /// The ramdisk's size in bytes.
+        bytes: u64,
+        /// Whether the server is rebooting into it (false when only checked).
+        rebooting: bool,
+        /// What the ramdisk will lack, e.g. addresses it cannot bring up.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// A command failed while running.
     Failed {
@@ -847,17 +1010,95 @@ mod tests {
                 drivers_added: vec!["virtio_blk".into()],
             },
         ] {
-            let m = MessagePayload {
-                schema: SCHEMA,
-                agent_id: id(),
-                seq: 1,
-                message_id: "m-1".into(),
-                at_ms: 5,
-                in_reply_to: Some("c-1".into()),
-                body,
-            };
-            assert_eq!(MessagePayload::parse(&m.to_bytes()).expect("parses"), m);
+            answer_round_trips(body);
         }
+    }
+
+    /// An answer to command `c-1` with `body` parses back to itself.
+    fn answer_round_trips(body: MessageBody) {
+        let m = MessagePayload {
+            schema: SCHEMA,
+            agent_id: id(),
+            seq: 1,
+            message_id: "m-1".into(),
+            at_ms: 5,
+            in_reply_to: Some("c-1".into()),
+            body,
+        };
+        assert_eq!(MessagePayload::parse(&m.to_bytes()).expect("parses"), m);
+    }
+
+    fn ramdisk_base() -> RamdiskBase {
+        RamdiskBase {
+            key: format!("boot/{}/initrd-base.zst", "ab".repeat(32)),
+            sha256: "ab".repeat(32),
+            bytes: 17_000_000,
+            info_key: format!("boot/{}/initrd-base.json", "ab".repeat(32)),
+            info_sha256: "cd".repeat(32),
+        }
+    }
+
+    #[test]
+    fn boot_ramdisk_round_trips_and_its_base_is_checked() {
+        let action = |base, fallback_secs| Action::BootRamdisk {
+            method: BootMethod::GrubOnce,
+            base,
+            fallback_secs,
+            check: false,
+        };
+        let c = command(action(ramdisk_base(), 600));
+        let text = String::from_utf8(c.to_bytes()).unwrap();
+        assert!(text.contains(r#""method": "grub-once""#), "{text}");
+        assert_eq!(CommandPayload::parse(&c.to_bytes()).expect("parses"), c);
+        for (base, field) in [
+            (
+                RamdiskBase {
+                    key: "mailboxes/x/../../library/config".into(),
+                    ..ramdisk_base()
+                },
+                "base.key",
+            ),
+            (
+                RamdiskBase {
+                    info_sha256: "zz".into(),
+                    ..ramdisk_base()
+                },
+                "base.info_sha256",
+            ),
+        ] {
+            let bad = command(action(base, 600));
+            assert!(
+                matches!(CommandPayload::parse(&bad.to_bytes()), Err(DocumentError::Invalid { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        let short = command(action(ramdisk_base(), 5));
+        assert!(matches!(
+            CommandPayload::parse(&short.to_bytes()),
+            Err(DocumentError::Invalid {
+                field: "fallback_secs",
+                ..
+            })
+        ));
+        for m in ["auto", "grub-once", "kexec", "init"] {
+            assert_eq!(m.parse::<BootMethod>().unwrap().name(), m);
+        }
+        assert!(
+            "pxe"
+                .parse::<BootMethod>()
+                .unwrap_err()
+                .contains("grub-once")
+        );
+        let answer = MessageBody::RamdiskPrepared {
+            method: BootMethod::Kexec,
+            why: "no GRUB".into(),
+            kernel_release: "6.1.0-40-cloud-amd64".into(),
+            modules: 212,
+            bytes: 31_000_000,
+            rebooting: true,
+            warnings: vec!["ens5: 1 IPv6 address(es)".into()],
+        };
+        answer_round_trips(answer);
     }
 
     #[test]

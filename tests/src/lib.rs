@@ -1,6 +1,7 @@
 //! Harness for Ferry's end-to-end suites: real store servers, agent and manager processes.
 
 pub mod bench;
+pub mod cloud;
 pub mod counting;
 pub mod debian;
 pub mod fidelity;

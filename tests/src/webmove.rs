@@ -37,7 +37,7 @@ impl Firmware {
     }
 
     /// QEMU options for this firmware, its variables (UEFI) kept in `work`.
-    fn args(self, work: &Path) -> Result<Vec<String>> {
+    pub fn args(self, work: &Path) -> Result<Vec<String>> {
         Ok(match self {
             Firmware::Bios => Vec::new(),
             Firmware::Uefi => {
@@ -71,6 +71,22 @@ pub async fn source_vm(
     source_vm_in(m, &cd, &dir, firmware, None).await
 }
 
+/// QEMU options for the web server's disk (its writes kept only while the VM runs),
+/// the agent's CD `cd` and its NIC on QEMU's user network.
+pub fn web_server_args(cd: &Path) -> Result<Vec<String>> {
+    let disk = web_source_disk()?;
+    Ok(vec![
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
+        "-cdrom".into(),
+        cd.to_string_lossy().into(),
+        "-netdev".into(),
+        "user,id=n0".into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={WEB_MAC}"),
+    ])
+}
+
 /// [`source_vm`] with the agent's CD `cd`, in folder `dir`, QEMU run inside network
 /// namespace `netns` if given.
 pub async fn source_vm_in(
@@ -80,20 +96,10 @@ pub async fn source_vm_in(
     firmware: Firmware,
     netns: Option<&str>,
 ) -> Result<(Qemu, String)> {
-    let disk = web_source_disk()?;
     let console = dir.join("console.log");
     let mut args = machine_args(1, &console);
     args.extend(firmware.args(dir)?);
-    args.extend([
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
-        "-cdrom".into(),
-        cd.to_string_lossy().into(),
-        "-netdev".into(),
-        "user,id=n0".into(),
-        "-device".into(),
-        format!("virtio-net-pci,netdev=n0,mac={WEB_MAC}"),
-    ]);
+    args.extend(web_server_args(cd)?);
     let mut vm = Qemu::start(dir, &console, &args, netns)?;
     let (id, survey) = m
         .wait_survey(&mut vm, "installed", Duration::from_secs(600), |s| {

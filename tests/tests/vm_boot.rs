@@ -301,7 +301,7 @@ async fn a_missing_nic_driver_is_named() -> Result<()> {
     let built = build::assemble(&inputs)?;
     assert!(!built.info.modules.iter().any(|m| m == "e1000"));
     let initrd = work.path().join("no-e1000.zst");
-    std::fs::write(&initrd, build::compress(&built.archive, 1)?)?;
+    std::fs::write(&initrd, build::compress(&built.whole()?, 1)?)?;
 
     let m = Manager::start(work.path(), None)?;
     let boot = work.path().join("boot");

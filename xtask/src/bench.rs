@@ -103,8 +103,12 @@ pub fn run(args: &[&str]) -> Result<()> {
             guest_prerequisites()?;
             tests_bin("bench-migrate")
         }
+        ["reboot"] => {
+            guest_prerequisites()?;
+            tests_bin("bench-reboot")
+        }
         _ => bail!(
-            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy\n       cargo xtask bench migrate"
+            "usage: cargo xtask bench mailbox [--agents N] [--seconds S]\n       cargo xtask bench ramdisk [ramdisk options]\n       cargo xtask bench survey\n       cargo xtask bench image\n       cargo xtask bench deploy\n       cargo xtask bench migrate\n       cargo xtask bench reboot"
         ),
     }
 }

@@ -212,7 +212,8 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
         level: o.level,
     };
     let ramdisk = build::assemble(&inputs)?;
-    let raw = ramdisk.archive.to_bytes();
+    let whole = ramdisk.whole()?;
+    let raw = whole.to_bytes();
     step(
         &format!(
             "assembled {} modules, {} tools: {:.1} MB",
@@ -222,7 +223,8 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
         ),
         t,
     );
-    let zst = build::compress(&ramdisk.archive, o.level)?;
+    let zst = build::compress(&whole, o.level)?;
+    let base = build::compress(&ramdisk.base, o.level)?;
     step(
         &format!(
             "compressed (zstd -{}): {:.1} MB",
@@ -237,6 +239,15 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
     std::fs::copy(&kernel, out("vmlinuz"))
         .with_context(|| format!("copying {}", kernel.display()))?;
     std::fs::write(out("initrd.zst"), &zst)?;
+    std::fs::write(out(ferry_boot::INITRD_BASE), &base)?;
+    let base_info = ferry_initramfs::info::BaseInfo {
+        modules: inputs.manifest.modules.clone(),
+        tools: ramdisk.info.tools.clone(),
+    };
+    std::fs::write(
+        out(ferry_boot::INITRD_BASE_INFO),
+        serde_json::to_vec_pretty(&base_info)?,
+    )?;
     let vmlinux = write_vmlinux(&kernel, &out("vmlinux"));
     std::fs::write(
         out("boot.ipxe"),
@@ -262,7 +273,7 @@ pub fn run(args: &[&str]) -> Result<serde_json::Value> {
     )?;
     step(
         &format!(
-            "wrote vmlinuz, {}initrd.zst, boot.ipxe, tftp/, ferry.iso",
+            "wrote vmlinuz, {}initrd.zst, initrd-base.zst, boot.ipxe, tftp/, ferry.iso",
             if vmlinux.is_some() { "vmlinux, " } else { "" }
         ),
         t,

@@ -9,6 +9,7 @@
 
 pub mod coldplug;
 pub mod dhcp;
+pub mod hostnet;
 pub mod net;
 pub mod sys;
 
@@ -22,6 +23,48 @@ pub const EXIT_POWEROFF: i32 = 10;
 pub const EXIT_REBOOT: i32 = 11;
 /// Exit code of the child when its config is unusable (init waits longer to retry).
 pub const EXIT_CONFIG: i32 = 12;
+
+/// Written by the agent once it has reached the store; what `ferry.fallback` waits for.
+pub const REACHED_PATH: &str = "/run/ferry-reached";
+/// How the server's installed agent put it into this ramdisk
+/// ([`ferry_model::protocol::Entered`]), when it did.
+pub const ENTERED_PATH: &str = "/etc/ferry/entered.json";
+
+/// The kernel's command line followed by the parameters the ramdisk carries.
+pub fn cmdline() -> String {
+    let mut line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Ok(extra) = std::fs::read_to_string(ferry_boot::cmdline::EXTRA_PATH) {
+        line.push(' ');
+        line.push_str(extra.trim());
+    }
+    line
+}
+
+/// Notes that the agent reached the store (once is enough).
+pub fn mark_reached() {
+    if !std::path::Path::new(REACHED_PATH).exists() {
+        let _ = std::fs::write(REACHED_PATH, b"");
+    }
+}
+
+/// With `ferry.fallback=SECS`: reboots the machine when the agent has not reached the
+/// store by then. A server's own ramdisk then comes back to the server's system: its
+/// boot entry was for one boot only, or the init it replaced was put back.
+fn fallback_watch(secs: u32) {
+    std::thread::spawn(move || {
+        let deadline = Duration::from_secs(u64::from(secs));
+        let waited = Duration::from_millis(uptime_ms());
+        std::thread::sleep(deadline.saturating_sub(waited));
+        if std::path::Path::new(REACHED_PATH).exists() {
+            return;
+        }
+        say(&format!(
+            "the agent has not reached the store {secs} s after boot (ferry.fallback); rebooting"
+        ));
+        let e = sys::power(true);
+        say(&format!("reboot failed: {e}"));
+    });
+}
 
 /// Prints a line on the console, prefixed so it stands out among kernel messages.
 pub fn say(line: &str) {
@@ -78,8 +121,10 @@ pub fn init() -> ! {
             say(&e.to_string());
         }
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (args, _) = ferry_boot::cmdline::parse(&cmdline);
+    let (args, _) = ferry_boot::cmdline::parse(&cmdline());
+    if let Some(secs) = args.fallback_secs {
+        fallback_watch(secs);
+    }
     let mut shell = if args.debug { spawn_shell() } else { None };
     let mut agent = spawn(&["ramdisk-agent"]);
     let mut started = Instant::now();
@@ -206,8 +251,7 @@ fn load_config(
 /// Returns the exit code init acts on.
 pub fn agent_main() -> i32 {
     sys::warm_entropy();
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (args, arg_errors) = ferry_boot::cmdline::parse(&cmdline);
+    let (args, arg_errors) = ferry_boot::cmdline::parse(&cmdline());
     let warnings: Vec<String> = arg_errors.iter().map(|e| e.to_string()).collect();
     for w in &warnings {
         say(w);
@@ -261,10 +305,14 @@ pub fn agent_main() -> i32 {
         }
     };
     config.kind = Some(ferry_model::protocol::AgentKind::Ramdisk);
+    let entered = std::fs::read(ENTERED_PATH)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let report = ferry_model::protocol::BootReport {
         network,
         warnings,
         uptime_ms: uptime_ms(),
+        entered,
         ..Default::default()
     };
     // The agent starts now. Coldplug finishes (disk controllers are slow to probe) and
@@ -333,6 +381,7 @@ pub fn agent_main() -> i32 {
     match result {
         Ok(crate::runner::Stop::Poweroff) => EXIT_POWEROFF,
         Ok(crate::runner::Stop::Reboot) => EXIT_REBOOT,
+        Ok(crate::runner::Stop::BootRamdisk) => EXIT_REBOOT,
         Err(e) => {
             say(&format!("the agent failed: {e:#}"));
             1

@@ -14,7 +14,7 @@ use super::{dhcp, say, sys};
 pub struct Configured {
     /// Kernel name.
     pub iface: String,
-    /// `dhcp` or `static`.
+    /// `dhcp`, `static`, or `server` (the server's own network, carried in).
     pub method: &'static str,
     /// Address.
     pub address: Ipv4Addr,
@@ -99,9 +99,22 @@ fn apply(
     Ok(())
 }
 
-/// Brings networking up as the command line says; `Err` explains why nothing works.
+/// Brings networking up: the server's own network when its installed agent made this
+/// ramdisk ([`super::hostnet::PATH`]), else as the command line says; `Err` explains
+/// why nothing works.
 pub fn bring_up(args: &FerryArgs) -> Result<Configured, String> {
     let _ = sys::link_up("lo").and_then(|_| sys::set_address("lo", Ipv4Addr::LOCALHOST, 8));
+    if let Ok(text) = fs::read(super::hostnet::PATH) {
+        let host: super::hostnet::HostNetwork =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", super::hostnet::PATH))?;
+        let wanted = host.links.first().map(|l| l.mac.as_str());
+        let all = wait_for_nics(Duration::from_secs(20), wanted);
+        let (configured, warnings) = host.apply(&all)?;
+        for w in warnings {
+            say(&format!("network: {w}"));
+        }
+        return Ok(configured);
+    }
     let all = wait_for_nics(Duration::from_secs(20), args.iface.as_deref());
     if let Some((name, mac)) = all.first() {
         say(&format!(

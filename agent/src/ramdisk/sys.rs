@@ -1,5 +1,6 @@
 //! The few system calls the ramdisk's init needs that std does not offer: mounts,
-//! module loading, power-off, and IPv4 interface and route set-up (ioctls).
+//! module loading, power-off, IPv4 interface and route set-up (ioctls), and loading a
+//! kernel for kexec (the installed agent's `boot-ramdisk`).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -50,12 +51,17 @@ pub fn load_module(path: &Path) -> io::Result<Load> {
 /// Flushes file systems and powers the machine off (or reboots it). Returns only if
 /// the kernel refused.
 pub fn power(reboot: bool) -> io::Error {
-    nix::unistd::sync();
-    let mode = if reboot {
+    power_by(if reboot {
         nix::sys::reboot::RebootMode::RB_AUTOBOOT
     } else {
         nix::sys::reboot::RebootMode::RB_POWER_OFF
-    };
+    })
+}
+
+/// Flushes file systems and reboots, powers off or kexecs by `mode`. Returns only if
+/// the kernel refused.
+pub fn power_by(mode: nix::sys::reboot::RebootMode) -> io::Error {
+    nix::unistd::sync();
     match nix::sys::reboot::reboot(mode) {
         Ok(never) => match never {},
         Err(e) => io::Error::from_raw_os_error(e as i32),
@@ -161,13 +167,8 @@ pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
         &mut req,
         &format!("setting {name} to {addr}"),
     )?;
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    };
     let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+    req.ifr_ifru.ifru_netmask = sockaddr(netmask(prefix));
     s.ioctl(
         libc::SIOCSIFNETMASK,
         &mut req,
@@ -177,23 +178,85 @@ pub fn set_address(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
 
 /// Adds the default route through a gateway; an existing one is left alone.
 pub fn add_default_route(name: &str, gateway: Ipv4Addr) -> io::Result<()> {
+    add_route(name, Ipv4Addr::UNSPECIFIED, 0, Some(gateway))
+}
+
+/// Adds a route to `dst/prefix` out of interface `name`, through `gateway` or on the
+/// link; an existing one is left alone.
+pub fn add_route(
+    name: &str,
+    dst: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+) -> io::Result<()> {
     let s = Sock::new()?;
     let dev = CString::new(name).map_err(io::Error::other)?;
     // SAFETY: rtentry is plain old data; all-zero is a valid value.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
-    rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-    rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-    rt.rt_gateway = sockaddr(gateway);
-    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    rt.rt_dst = sockaddr(dst);
+    rt.rt_genmask = sockaddr(netmask(prefix));
+    rt.rt_flags = libc::RTF_UP;
+    if let Some(gw) = gateway {
+        rt.rt_gateway = sockaddr(gw);
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    if prefix == 32 {
+        rt.rt_flags |= libc::RTF_HOST;
+    }
     rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
+    let via = gateway.map_or(format!("on {name}"), |g| format!("via {g}"));
     match s.ioctl(
         libc::SIOCADDRT,
         &mut rt,
-        &format!("adding the default route via {gateway}"),
+        &format!("adding the route to {dst}/{prefix} {via}"),
     ) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         other => other,
     }
+}
+
+/// Sets an interface's MTU.
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let s = Sock::new()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    s.ioctl(
+        libc::SIOCSIFMTU,
+        &mut req,
+        &format!("setting the MTU of {name} to {mtu}"),
+    )
+}
+
+fn netmask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    })
+}
+
+/// Loads `kernel` and `initrd` for a later kexec reboot (`kexec_file_load`: the kernel
+/// checks the image itself, and its signature where it must).
+pub fn kexec_file_load(kernel: &File, initrd: &File, cmdline: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let line = CString::new(cmdline).map_err(io::Error::other)?;
+    let len = line.as_bytes_with_nul().len();
+    // SAFETY: kexec_file_load(2) with two open fds, a NUL-terminated command line and
+    // its length including the NUL, and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd.as_raw_fd(),
+            len,
+            line.as_ptr(),
+            0usize,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reaps one child, blocking; `None` when there are no children.

@@ -1,0 +1,224 @@
+//! `ferry boot-ramdisk`: a server's installed agent swaps its boot to the Ferry
+//! ramdisk (see the agent's `bootswap`). The manager publishes the ramdisk base in the
+//! store under `boot/<sha256>/` (agents only connect out: they read it from there),
+//! sends the command with the base's digests, and watches the server go from
+//! *installed* to *ramdisk* — the same agent id, so the same machine — within a
+//! deadline, or reports the attempt failed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_mailbox::Store;
+use ferry_model::protocol::{Action, AgentKind, BootMethod, MessageBody, RamdiskBase};
+use serde::Serialize;
+
+use ferry_agent::bootswap::sha256_hex;
+
+use crate::config::ManagerConfig;
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How to enter the ramdisk.
+    pub method: BootMethod,
+    /// Only make the ramdisk and say which method; change nothing.
+    pub check: bool,
+    /// The ramdisk reboots back when its agent has not reached the store by then.
+    pub fallback_secs: u32,
+    /// How long to wait for the agent to make the ramdisk and answer.
+    pub answer: Duration,
+    /// How long to wait for the ramdisk agent after the answer.
+    pub wait: Duration,
+    /// The folder with `initrd-base.zst` (default: the boot server's).
+    pub dir: Option<PathBuf>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// What happened, for people and programs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The agent.
+    pub agent: String,
+    /// The method used.
+    pub method: BootMethod,
+    /// Why.
+    pub why: String,
+    /// The kernel the ramdisk runs.
+    pub kernel_release: String,
+    /// Driver modules in it.
+    pub modules: u32,
+    /// Its size.
+    pub bytes: u64,
+    /// What it lacks.
+    pub warnings: Vec<String>,
+    /// Seconds from sending the command to the answer.
+    pub answer_secs: f64,
+    /// Seconds from sending the command to the ramdisk agent's status (not when only
+    /// checked).
+    pub ramdisk_secs: Option<f64>,
+    /// How the ramdisk brought the network up.
+    pub network: Option<String>,
+}
+
+/// Publishes the base in `dir` (unless the store has it) and returns where it is.
+pub async fn publish(store: &dyn Store, dir: &Path) -> Result<RamdiskBase> {
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| {
+            format!(
+                "reading {} (build the ramdisk with `cargo xtask ramdisk`, which writes it)",
+                path.display()
+            )
+        })
+    };
+    let base = read(ferry_boot::INITRD_BASE)?;
+    let info = read(ferry_boot::INITRD_BASE_INFO)?;
+    serde_json::from_slice::<ferry_initramfs::info::BaseInfo>(&info).with_context(|| {
+        format!(
+            "{} is not a ramdisk base's build information; build the ramdisk again",
+            dir.join(ferry_boot::INITRD_BASE_INFO).display()
+        )
+    })?;
+    let sha256 = sha256_hex(&base);
+    let out = RamdiskBase {
+        key: format!("boot/{sha256}/{}", ferry_boot::INITRD_BASE),
+        sha256: sha256.clone(),
+        bytes: base.len() as u64,
+        info_key: format!("boot/{sha256}/{}", ferry_boot::INITRD_BASE_INFO),
+        info_sha256: sha256_hex(&info),
+    };
+    // Content-addressed: what is there under the name is the same bytes. The info is
+    // written last, so its presence means both are.
+    let present = store
+        .get(&out.info_key)
+        .await?
+        .is_some_and(|b| sha256_hex(&b) == out.info_sha256);
+    if !present {
+        store.put(&out.key, base.into()).await?;
+        store.put(&out.info_key, info.into()).await?;
+    }
+    Ok(out)
+}
+
+/// `ferry boot-ramdisk`.
+pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Result<Outcome> {
+    let fleet = crate::cli::fleet(config)?;
+    let id = fleet.resolve(id).await?;
+    let dir = match &o.dir {
+        Some(d) => d.clone(),
+        None => config
+            .boot
+            .as_ref()
+            .map(|b| b.dir.clone())
+            .context("no --boot-dir given and the config has no boot server folder; pass --boot-dir DIR (where `cargo xtask ramdisk` wrote initrd-base.zst)")?,
+    };
+    let view = fleet.view(&id).await?;
+    if let Some(s) = &view.status
+        && s.kind == AgentKind::Ramdisk
+    {
+        bail!("agent {id} already runs the Ferry ramdisk");
+    }
+    let base = publish(fleet.store().as_ref(), &dir).await?;
+    let started = Instant::now();
+    let action = Action::BootRamdisk {
+        method: o.method,
+        base,
+        fallback_secs: o.fallback_secs,
+        check: o.check,
+    };
+    let cmd = fleet.send(&id, action, BTreeMap::new()).await?;
+    let reply = fleet
+        .await_reply(&id, &cmd.command_id, o.answer, Duration::from_millis(500))
+        .await?;
+    let answer_secs = started.elapsed().as_secs_f64();
+    let mut out = match reply.body {
+        MessageBody::RamdiskPrepared {
+            method,
+            why,
+            kernel_release,
+            modules,
+            bytes,
+            warnings,
+            ..
+        } => Outcome {
+            agent: id.clone(),
+            method,
+            why,
+            kernel_release,
+            modules,
+            bytes,
+            warnings,
+            answer_secs,
+            ramdisk_secs: None,
+            network: None,
+        },
+        MessageBody::Failed { text, .. } => bail!("agent {id}: boot-ramdisk failed: {text}"),
+        other => bail!("agent {id} did not make its ramdisk: {other:?}"),
+    };
+    if o.check {
+        return Ok(out);
+    }
+    let deadline = started + o.answer + o.wait;
+    loop {
+        let view = fleet.view(&id).await?;
+        if let Some(s) = &view.status {
+            let entered = s
+                .boot
+                .as_ref()
+                .and_then(|b| b.entered.as_ref())
+                .is_some_and(|e| e.command_id == cmd.command_id);
+            if s.kind == AgentKind::Ramdisk && entered {
+                out.ramdisk_secs = Some(started.elapsed().as_secs_f64());
+                out.network = s.boot.as_ref().map(|b| b.network.clone());
+                return Ok(out);
+            }
+            if let Some(e) = &s.last_error
+                && e.code == "boot-ramdisk-failed"
+                && e.at_ms >= cmd.issued_ms
+            {
+                bail!("agent {id}: {}", e.text);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "agent {id}: the server did not come up in the Ferry ramdisk within {:.0} s ({}); the attempt failed. It comes back to its own system by itself once the ramdisk's fallback ({} s) has passed, or at its next reset; `ferry agents` shows which system it runs",
+                (o.answer + o.wait).as_secs_f64(),
+                out.method,
+                o.fallback_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Prints an outcome.
+pub fn print(o: &Outcome, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(o)?);
+        return Ok(());
+    }
+    let short = &o.agent[..o.agent.len().min(12)];
+    println!(
+        "{short}: ramdisk made in {:.1} s: kernel {}, {} driver modules, {:.1} MB; method {} ({})",
+        o.answer_secs,
+        o.kernel_release,
+        o.modules,
+        o.bytes as f64 / 1e6,
+        o.method,
+        o.why
+    );
+    for w in &o.warnings {
+        println!("{short}: note: {w}");
+    }
+    match (o.ramdisk_secs, &o.network) {
+        (Some(secs), network) => println!(
+            "{short}: in the Ferry ramdisk {secs:.1} s after the command (network: {})",
+            network.as_deref().unwrap_or("?")
+        ),
+        (None, _) => println!("{short}: checked only; nothing changed on the server"),
+    }
+    Ok(())
+}
