@@ -281,6 +281,33 @@ fn grub_cfg(boot: &str, dir: &str, version: &str, root: &str) -> String {
     )
 }
 
+/// [`grub_cfg`] with what `grub-mkconfig` puts around the entries and a system's boot
+/// relies on: the environment block loaded, `next_entry` booted once and cleared
+/// (`grub-reboot`, Ferry's grub-once), `custom.cfg` sourced (`41_custom`).
+fn grub_cfg_like_mkconfig(boot: &str, dir: &str, version: &str, root: &str) -> String {
+    format!(
+        "if [ -s $prefix/grubenv ]; then
+  set have_grubenv=true
+  load_env
+fi
+         if [ \"${{next_entry}}\" ] ; then
+   set default=\"${{next_entry}}\"
+   set next_entry=
+   save_env next_entry
+   set boot_once=true
+else
+   set default=\"0\"
+fi
+         {}         if [ -f  ${{config_directory}}/custom.cfg ]; then
+  source ${{config_directory}}/custom.cfg
+         elif [ -z \"${{config_directory}}\" -a -f  $prefix/custom.cfg ]; then
+  source $prefix/custom.cfg
+fi
+",
+        grub_cfg(boot, dir, version, root)
+    )
+}
+
 /// Writes `files` into the tree at `root` and enables the systemd `units`.
 fn install(root: &Path, files: &[(&str, u32, &str)], units: &[&str]) -> Result<()> {
     for (path, mode, text) in files {
@@ -529,7 +556,7 @@ pub fn agent_cd(dest: &Path, agent: &Path, config: &Path) -> Result<()> {
 }
 
 /// Version of the web server disk recipe (part of the cached file's name).
-pub const WEB_VERSION: u32 = 3;
+pub const WEB_VERSION: u32 = 5;
 /// The web server's root filesystem UUID.
 pub const WEB_ROOT_UUID: &str = "5e1f0c2a-7d3b-4c8e-9a6f-0b1c2d3e4f60";
 /// The web server's `/var` (xfs) UUID.
@@ -613,17 +640,19 @@ pub fn web_source_disk() -> Result<PathBuf> {
     let work = &build.work;
     let (tmp, mnt, efi) = (build.tmp(), build.mnt(), work.join("efi"));
     std::fs::create_dir_all(&efi)?;
-    let grub_cfg = grub_cfg(
+    let grub_cfg = grub_cfg_like_mkconfig(
         WEB_ROOT_UUID,
         "/boot",
         &version,
         &format!("UUID={WEB_ROOT_UUID}"),
     );
     std::fs::write(work.join("grub.cfg"), &grub_cfg)?;
+    // As Debian's own EFI GRUB does: its prefix on the disk, so the environment block
+    // in /boot/grub is the one loaded and saved.
     std::fs::write(
         work.join("stub.cfg"),
         format!(
-            "insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {WEB_ROOT_UUID}\nconfigfile /boot/grub/grub.cfg\n"
+            "insmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {WEB_ROOT_UUID}\nset prefix=($root)/boot/grub\nconfigfile /boot/grub/grub.cfg\n"
         ),
     )?;
     let staged = stage(
@@ -662,6 +691,8 @@ mkdir -p '{mnt}/boot/grub' '{mnt}/boot/efi'
 grub-install --target=i386-pc --boot-directory='{mnt}/boot' --modules='part_gpt ext2' $L 2>/dev/null
 cp '{work}/grub.cfg' '{mnt}/boot/grub/grub.cfg'
 grub-mkstandalone -O x86_64-efi -o '{efi}/BOOTX64.EFI' 'boot/grub/grub.cfg={work}/stub.cfg'
+# As grub-install does for UEFI: the modules on the disk, under the prefix the stub sets.
+cp -r /usr/lib/grub/x86_64-efi '{mnt}/boot/grub/'
 export MTOOLS_SKIP_CHECK=1
 mmd -i ${{L}}p2 ::/EFI ::/EFI/BOOT
 mcopy -i ${{L}}p2 '{efi}/BOOTX64.EFI' ::/EFI/BOOT/BOOTX64.EFI

@@ -31,6 +31,8 @@ pub fn vm(extra: &[&str]) -> Result<()> {
             "vm_deploy",
             "--test",
             "vm_migrate",
+            "--test",
+            "vm_bootswap",
         ],
         extra,
     )

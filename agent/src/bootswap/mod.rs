@@ -617,8 +617,10 @@ fn reboot(kexec: bool) -> Result<()> {
     let verb = if kexec { "kexec" } else { "reboot" };
     let systemd = Path::new("/run/systemd/system").exists();
     if systemd {
+        // Queued, not waited for: the shutdown it starts stops this agent's service,
+        // and would kill a `systemctl` still waiting.
         let status = std::process::Command::new("systemctl")
-            .arg(verb)
+            .args(["--no-block", verb])
             .status()
             .with_context(|| format!("running systemctl {verb}"))?;
         ensure!(status.success(), "systemctl {verb} failed ({status})");
