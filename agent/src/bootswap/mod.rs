@@ -227,30 +227,21 @@ pub fn zstd_problem(release: &str, config: &str) -> Option<String> {
 /// The mount holding `path`: (mount point, filesystem type, source device), from
 /// `/proc/self/mountinfo` text.
 pub fn mount_of(path: &str, mountinfo: &str) -> Option<(String, String, String)> {
-    let mut best: Option<(String, String, String)> = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(point) = left.split_whitespace().nth(4) else {
-            continue;
-        };
-        let mut r = right.split_whitespace();
-        let (Some(fstype), Some(source)) = (r.next(), r.next()) else {
-            continue;
-        };
-        let point = point.replace("\\040", " ");
-        let inside = point == "/"
+    let inside = |point: &str| {
+        point == "/"
             || path == point
             || path
-                .strip_prefix(point.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
-        // Later lines stack over earlier ones at the same point.
-        if inside && best.as_ref().is_none_or(|(p, _, _)| point.len() >= p.len()) {
-            best = Some((point, fstype.to_string(), source.to_string()));
-        }
-    }
-    best
+                .strip_prefix(point)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    // The deepest mount point holding the path; a later line stacks over an earlier
+    // one at the same point.
+    crate::survey::storage::mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| inside(&m.point))
+        .enumerate()
+        .max_by_key(|(i, m)| (m.point.len(), *i))
+        .map(|(_, m)| (m.point, m.fstype, m.source))
 }
 
 /// Where GRUB finds the kernel and ramdisk, or why grub-once cannot be used.
@@ -578,22 +569,11 @@ impl Prepared {
     }
 }
 
-/// Writes a file through a temporary name, synced, then renamed over the old one.
+/// Writes a file through a temporary name, synced, renamed over the old one, and the
+/// rename made lasting (a reboot follows).
 pub fn write_synced(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("ferry-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    ferry_mailbox::store::folder::write_atomic(path, data, mode)
+        .with_context(|| format!("writing {}", path.display()))?;
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
     {

@@ -9,7 +9,7 @@ use ferry_model::survey::Network;
 use serde::{Deserialize, Serialize};
 
 use super::net::Configured;
-use super::{say, sys};
+use super::sys;
 
 /// Where the ramdisk finds the network to bring up.
 pub const PATH: &str = "/etc/ferry/network.json";
@@ -203,16 +203,7 @@ impl HostNetwork {
                 configured.gateway = r.gateway;
             }
         }
-        if !self.dns.is_empty() {
-            let text: String = self
-                .dns
-                .iter()
-                .map(|d| format!("nameserver {d}\n"))
-                .collect();
-            if let Err(e) = std::fs::write("/etc/resolv.conf", text) {
-                say(&format!("cannot write /etc/resolv.conf: {e}"));
-            }
-        }
+        super::net::write_resolv(&self.dns);
         Ok((configured, warnings))
     }
 }

@@ -75,7 +75,8 @@ pub fn wait_for_nics(wait: Duration, wanted: Option<&str>) -> Vec<(String, Strin
     }
 }
 
-fn write_resolv(dns: &[Ipv4Addr]) {
+/// Writes the resolver configuration (nothing when there are no name servers).
+pub(super) fn write_resolv(dns: &[Ipv4Addr]) {
     if dns.is_empty() {
         return;
     }
