@@ -83,6 +83,11 @@ pub struct Disk {
     /// How it is attached: `nvme`, `sata`, `sas`, `scsi`, `usb`, `virtio`, `mmc`, `xen`, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// What held it when surveyed, in words: filesystems mounted from it, swap,
+    /// devices stacked on it (LVM, RAID, crypt) that are active, an exclusive open
+    /// nothing shows. Empty when free; a deploy refuses a disk its ramdisk still uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
 }
 
 /// A network interface backed by hardware.

@@ -145,6 +145,24 @@ pub async fn enter(m: &Manager, s: &Server, method: &str) -> Result<Entered> {
         survey.hardware.system,
         survey.nics
     );
+    // The server's root disk: held by its own system, let go of by the ramdisk (a
+    // deploy onto it would be refused otherwise).
+    let root_disk = s
+        .survey
+        .disks
+        .iter()
+        .find(|d| {
+            d.in_use
+                .iter()
+                .any(|u| u.ends_with(" is mounted at /") || u.contains(" is mounted at /, "))
+        })
+        .with_context(|| format!("no disk of the server holds its root: {:?}", s.survey.disks))?;
+    let freed = survey.disks.iter().find(|d| d.name == root_disk.name);
+    ensure!(
+        freed.is_some_and(|d| d.in_use.is_empty()),
+        "the ramdisk still holds the server's disk {}: {freed:?}",
+        root_disk.name
+    );
     let network = status["boot"]["network"].as_str().unwrap_or_default();
     ensure!(
         network.starts_with("server ") && network.contains("10.0.2.15/24"),

@@ -69,6 +69,7 @@ pub fn run(host: &Host, lib: &Library, plan: &DeployPlan, meter: &Arc<Meter>) ->
     // Every disk must be the planned one before any is touched (and a refused disk
     // is not wiped as a failed deploy's would be).
     storage::check_disks(host, &plan.storage)?;
+    storage::check_free(host, &plan.storage)?;
     let mut done = Deployed {
         capture: manifest.capture.clone(),
         ..Default::default()

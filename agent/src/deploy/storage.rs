@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use ferry_model::deploy::{FsLayout, PartRole, StorageLayout, TableKind};
 
 use super::tool;
-use crate::survey::Host;
+use crate::survey::{Host, holds};
 
 const MIB: u64 = 1 << 20;
 
@@ -81,6 +81,42 @@ pub fn check_disks(host: &Host, storage: &StorageLayout) -> Result<()> {
                     .map_or("none", |s| s.as_str())
             );
         }
+    }
+    Ok(())
+}
+
+/// Checks nothing of this system still depends on a planned disk, before any is
+/// touched: no filesystem mounted from it, no swap on it, and — once the volume
+/// groups and arrays on it are stopped — nothing holding it open. A ramdisk entered
+/// from the server's own disk must have let go of it; a refusal names the holds.
+pub fn check_free(host: &Host, storage: &StorageLayout) -> Result<()> {
+    // `stopped`: after the stacked devices were stopped, when any hold refuses.
+    let look = |stopped: bool| -> Result<bool> {
+        let tables = holds::Tables::read(host);
+        let mut stacked = false;
+        for disk in &storage.disks {
+            let h = holds::holds(host, &tables, &disk.disk);
+            if !h.uses.is_empty() || h.hidden || (stopped && !h.stacked.is_empty()) {
+                bail!(
+                    "disk {}: this system still uses it{} — {}; nothing was wiped. Unmount it or turn its swap off (or deploy from a ramdisk that did not start from it), or plan another disk",
+                    disk.disk,
+                    if stopped {
+                        " after its volume groups and arrays were stopped"
+                    } else {
+                        ""
+                    },
+                    h.describe().join("; ")
+                );
+            }
+            stacked |= !h.stacked.is_empty();
+        }
+        Ok(stacked)
+    };
+    if look(false)? {
+        // Nothing else of the ramdisk uses LVM or RAID.
+        let _ = tool(host, "vgchange", &["-an"]);
+        let _ = tool(host, "mdadm", &["--stop", "--scan"]);
+        look(true)?;
     }
     Ok(())
 }
@@ -535,6 +571,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (host, log) = machine(dir.path(), disks);
         check_disks(&host, storage).expect("the planned disks");
+        check_free(&host, storage).expect("nothing holds the disks");
         wipe(&host, storage).expect("wipe");
         partition(&host, storage).expect("partition");
         raid(&host, storage).expect("raid");
@@ -788,6 +825,46 @@ mod tests {
                 "vgchange -an\nmdadm --stop --scan\nwipefs -a /dev/vda\nsgdisk --zap-all /dev/vda"
             )
         );
+    }
+
+    /// A planned disk this system still uses is refused before any tool runs; one
+    /// held by an array is freed by stopping it, and refused if that fails.
+    #[test]
+    fn a_disk_in_use_is_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (host, log) = machine(dir.path(), &[("vda", 10 * GIB)]);
+        let put = |p: &str, t: &str| crate::survey::testing::put(dir.path(), p, t);
+        put("/sys/block/vda/dev", "253:0");
+        put("/sys/block/vda/vda1/dev", "253:1");
+        put("/sys/block/vda/vda1/partition", "1");
+        put(
+            "/proc/self/mountinfo",
+            "30 1 253:1 / /oldroot rw - ext4 /dev/vda1 rw\n",
+        );
+        let storage = plan().storage;
+        assert_eq!(storage.disks[0].disk, "vda");
+        let err = format!("{:#}", check_free(&host, &storage).expect_err("mounted"));
+        assert!(
+            err.contains("disk vda: this system still uses it — vda1 is mounted at /oldroot; nothing was wiped"),
+            "{err}"
+        );
+        assert!(log.lock().expect("log").is_empty());
+        put("/proc/self/mountinfo", "");
+        put("/sys/block/vda/vda1/holders/md127", "");
+        put("/sys/block/md127/dev", "9:127");
+        let err = format!("{:#}", check_free(&host, &storage).expect_err("still held"));
+        assert!(
+            err.contains(
+                "after its volume groups and arrays were stopped — md127 is active on vda1"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            *log.lock().expect("log"),
+            lines("vgchange -an\nmdadm --stop --scan")
+        );
+        std::fs::remove_file(dir.path().join("sys/block/vda/vda1/holders/md127")).expect("rm");
+        check_free(&host, &storage).expect("free once the array is gone");
     }
 
     #[test]

@@ -356,6 +356,7 @@ pub fn transport(sys_path: &str) -> Option<&'static str> {
 /// Whole disks with media (no loop, RAM, device-mapper, md, zram, floppy or optical
 /// devices, no empty card readers).
 pub fn disks(host: &Host) -> Vec<Disk> {
+    let tables = super::holds::Tables::read(host);
     host.list("/sys/block")
         .into_iter()
         .filter(|name| {
@@ -381,6 +382,7 @@ pub fn disks(host: &Host) -> Vec<Disk> {
                 rotational: f("queue/rotational").as_deref() == Some("1"),
                 removable: f("removable").as_deref() == Some("1"),
                 transport: transport(&sys_path).map(str::to_string),
+                in_use: super::holds::holds(host, &tables, &name).describe(),
                 name,
             })
         })

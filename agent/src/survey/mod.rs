@@ -8,6 +8,7 @@
 //! empty and a [`Gap`] that says why; the survey itself never fails.
 
 pub mod apps;
+pub mod holds;
 pub mod hw;
 pub mod net;
 pub mod os;
