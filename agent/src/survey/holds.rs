@@ -178,14 +178,18 @@ mod tests {
                 put(root, &format!("/sys/block/{dir}/partition"), "1");
             }
         }
-        put(root, "/sys/block/vda/vda2/holders/dm-0", "");
-        put(root, "/sys/block/vda/vda2/holders/dm-1", "");
-        put(root, "/sys/block/dm-0/dev", "254:0");
-        put(root, "/sys/block/dm-0/dm/name", "sys-root");
-        put(root, "/sys/block/dm-1/dev", "254:1");
-        put(root, "/sys/block/dm-1/dm/name", "sys-swap");
-        put(root, "/sys/block/vdb/vdb1/holders/md127", "");
-        put(root, "/sys/block/md127/dev", "9:127");
+        for (path, text) in [
+            ("vda/vda2/holders/dm-0", ""),
+            ("vda/vda2/holders/dm-1", ""),
+            ("dm-0/dev", "254:0"),
+            ("dm-0/dm/name", "sys-root"),
+            ("dm-1/dev", "254:1"),
+            ("dm-1/dm/name", "sys-swap"),
+            ("vdb/vdb1/holders/md127", ""),
+            ("md127/dev", "9:127"),
+        ] {
+            put(root, &format!("/sys/block/{path}"), text);
+        }
         put(
             root,
             "/proc/self/mountinfo",
