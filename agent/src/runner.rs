@@ -63,6 +63,10 @@ pub struct Agent {
     /// The server's ramdisk, made by a `boot-ramdisk` command, to enter once the
     /// command is done.
     boot_swap: Option<crate::bootswap::Prepared>,
+    /// Commands a cancel in the mailbox names (answered cancelled, never run).
+    cancel_asked: HashSet<String>,
+    /// Commands answered cancelled before they started, until their cancel is answered.
+    cancelled_early: HashSet<String>,
 }
 
 /// How long after a command the agent polls fast.
@@ -123,6 +127,8 @@ impl Agent {
             identity_done: false,
             hot_until: Instant::now(),
             boot_swap: None,
+            cancel_asked: HashSet::new(),
+            cancelled_early: HashSet::new(),
         })
     }
 
@@ -383,6 +389,13 @@ impl Agent {
             }
         }
         ready.sort_by_key(|(_, _, c)| c.seq);
+        self.cancel_asked = ready
+            .iter()
+            .filter_map(|(_, _, c)| match &c.action {
+                Action::Cancel { command } => Some(command.clone()),
+                _ => None,
+            })
+            .collect();
         for (key, hash, cmd) in ready {
             if let Some(stop) = self.consider(&key, hash, cmd).await? {
                 return Ok(Some(stop));
@@ -457,13 +470,26 @@ impl Agent {
         // Write-ahead: once accepted on disk, the command can never run again.
         self.state.accept(cmd.seq, &cmd.command_id);
         self.state_dir.save(&self.state)?;
-        info!(
-            seq = cmd.seq,
-            command = cmd.command_id,
-            action = cmd.action.name(),
-            "running command"
-        );
-        let (body, stop) = self.execute(&cmd).await;
+        let cancel = !matches!(cmd.action, Action::Cancel { .. })
+            && self.cancel_asked.contains(&cmd.command_id);
+        let (body, stop) = if cancel {
+            info!(command = cmd.command_id, "cancelled before it started");
+            self.cancelled_early.insert(cmd.command_id.clone());
+            let body = MessageBody::Failed {
+                action: cmd.action.name().to_string(),
+                code: "cancelled".into(),
+                text: "cancelled before it started; nothing was done".into(),
+            };
+            (body, None)
+        } else {
+            info!(
+                seq = cmd.seq,
+                command = cmd.command_id,
+                action = cmd.action.name(),
+                "running command"
+            );
+            self.execute(&cmd).await
+        };
         self.state.running = None;
         self.emit(reply, body)?;
         self.store.delete(key).await?;
@@ -485,21 +511,34 @@ impl Agent {
                 None,
             ),
             Action::Sleep { millis } => {
-                self.phase = "executing";
-                if let Err(e) = self.publish_status().await {
-                    warn!("could not publish status: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(*millis)).await;
-                self.phase = "idle";
-                self.status_due = true;
-                (
-                    MessageBody::Done {
-                        action,
-                        detail: format!("slept {millis} ms"),
-                    },
-                    None,
-                )
+                let (meter, _) = Self::meter();
+                let (wait, m) = (Duration::from_millis(*millis), meter.clone());
+                let slept = self
+                    .supervise(cmd, "executing", meter, None, move || {
+                        let started = Instant::now();
+                        while started.elapsed() < wait {
+                            m.check()?;
+                            std::thread::sleep((wait - started.elapsed()).min(Duration::from_millis(50)));
+                        }
+                        Ok(MessageBody::Done {
+                            action: "sleep".into(),
+                            detail: format!("slept {} ms", wait.as_millis()),
+                        })
+                    })
+                    .await;
+                (Self::ended(&action, slept), None)
             }
+            Action::Cancel { command } => (
+                MessageBody::Done {
+                    action,
+                    detail: if self.cancelled_early.remove(command) {
+                        format!("command {command} was cancelled before it started")
+                    } else {
+                        format!("command {command} is not running here: it has ended, or has not come")
+                    },
+                },
+                None,
+            ),
             Action::CheckSecret { name } => match self.open_secret(cmd, name) {
                 Ok(Some(plain)) => (
                     MessageBody::Done {
@@ -807,31 +846,60 @@ impl Agent {
                 };
             }
         };
-        let (tx, mut rx) = tokio::sync::watch::channel(None::<ferry_image::Report>);
+        let (meter, rx) = Self::meter();
+        let work = {
+            let (action, meter) = (cmd.action.clone(), meter.clone());
+            // The agent keeps writing its state and spool while it captures.
+            let keep = [self.state_dir.path().to_path_buf()];
+            move || crate::library::run_command(&action, &secrets, &keep, &meter)
+        };
+        let phase = match action {
+            "capture" => "capturing",
+            "deploy" => "deploying",
+            _ => "restoring",
+        };
+        let result = self.supervise(cmd, phase, meter, Some(rx), work).await;
+        Self::ended(action, result)
+    }
+
+    /// A meter whose readings come out of the receiver.
+    fn meter() -> (
+        Arc<ferry_image::Meter>,
+        tokio::sync::watch::Receiver<Option<ferry_image::Report>>,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(None::<ferry_image::Report>);
         let meter = ferry_image::Meter::new(
             Duration::from_secs(1),
             Some(Box::new(move |r: &ferry_image::Report| {
                 let _ = tx.send(Some(r.clone()));
             })),
         );
-        let job = {
-            let action = cmd.action.clone();
-            // The agent keeps writing its state and spool while it captures.
-            let keep = [self.state_dir.path().to_path_buf()];
-            tokio::task::spawn_blocking(move || {
-                crate::library::run_command(&action, &secrets, &keep, &meter)
-            })
-        };
+        (meter, rx)
+    }
+
+    /// Runs `work` (blocking) for command `cmd` in `phase` while the agent keeps
+    /// heartbeating, publishes the progress `reports` brings, and looks for a cancel
+    /// of the command in its mailbox — which `meter` then passes on to the work.
+    async fn supervise(
+        &mut self,
+        cmd: &CommandPayload,
+        phase: &'static str,
+        meter: Arc<ferry_image::Meter>,
+        reports: Option<tokio::sync::watch::Receiver<Option<ferry_image::Report>>>,
+        work: impl FnOnce() -> Result<MessageBody> + Send + 'static,
+    ) -> Result<Result<MessageBody>, tokio::task::JoinError> {
+        let job = tokio::task::spawn_blocking(work);
         tokio::pin!(job);
-        self.phase = match action {
-            "capture" => "capturing",
-            "deploy" => "deploying",
-            _ => "restoring",
-        };
+        self.phase = phase;
         if let Err(e) = self.publish_status().await {
             warn!("could not publish status: {e}");
         }
-        let mut reports_open = true;
+        let (mut rx, mut reports_open) = match reports {
+            Some(rx) => (rx, true),
+            None => (tokio::sync::watch::channel(None).1, false),
+        };
+        let look_every = self.config.poll().max(Duration::from_millis(500));
+        let mut next_look = Instant::now() + look_every;
         let result = loop {
             let beat = self
                 .next_heartbeat
@@ -864,14 +932,89 @@ impl Agent {
                         self.next_heartbeat = Instant::now() + Duration::from_secs(5);
                     }
                 }
+                _ = tokio::time::sleep_until(next_look.into()) => {
+                    next_look = Instant::now() + look_every;
+                    match self.take_cancel(&cmd.command_id).await {
+                        Ok(true) => meter.cancel(),
+                        Ok(false) => {}
+                        Err(e) => warn!("could not look for a cancel: {e:#}"),
+                    }
+                }
             }
         };
         self.phase = "idle";
         self.step = None;
         self.progress = None;
         self.status_due = true;
+        result
+    }
+
+    /// A cancel of the running command `running` in the mailbox, if there is one:
+    /// taken out of turn (remembered, answered, deleted), so the command can stop.
+    async fn take_cancel(&mut self, running: &str) -> Result<bool> {
+        let prefix = keys::commands(&self.id);
+        let listing = self.store.list(&prefix).await?;
+        for name in listing.objects.iter().filter(|n| n.ends_with(".json")) {
+            let key = format!("{prefix}{name}");
+            let Some(bytes) = self.store.get(&key).await? else {
+                continue;
+            };
+            // Anything wrong with it is refused later, in turn.
+            let Ok(cmd) = self.check(name, &bytes) else {
+                continue;
+            };
+            let Action::Cancel { command } = &cmd.action else {
+                continue;
+            };
+            let seen = self
+                .state
+                .accepted
+                .iter()
+                .any(|a| a.command_id == cmd.command_id);
+            if command != running
+                || cmd.seq <= self.state.last_seq
+                || seen
+                || now_ms() > cmd.expires_ms
+            {
+                continue;
+            }
+            info!(
+                command = running,
+                cancel = cmd.command_id,
+                "cancel: stopping the command"
+            );
+            self.state.accept_out_of_turn(cmd.seq, &cmd.command_id);
+            self.state_dir.save(&self.state)?;
+            self.emit(
+                Some(cmd.command_id.clone()),
+                MessageBody::Done {
+                    action: "cancel".into(),
+                    detail: format!("stopping command {running} at its next chunk of data or step"),
+                },
+            )?;
+            self.store.delete(&key).await?;
+            self.state.mark_deleted(cmd.seq);
+            self.state_dir.save(&self.state)?;
+            self.flush().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The answer for a command whose work ended with `result`.
+    fn ended(
+        action: &str,
+        result: Result<Result<MessageBody>, tokio::task::JoinError>,
+    ) -> MessageBody {
         match result {
             Ok(Ok(body)) => body,
+            Ok(Err(e)) if e.chain().any(|c| c.is::<ferry_image::Cancelled>()) => {
+                MessageBody::Failed {
+                    action: action.to_string(),
+                    code: "cancelled".into(),
+                    text: format!("{e:#}"),
+                }
+            }
             Ok(Err(e)) => MessageBody::Failed {
                 action: action.to_string(),
                 code: format!("{action}-failed"),

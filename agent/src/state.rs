@@ -56,6 +56,19 @@ impl AgentState {
         }
     }
 
+    /// Records a command taken out of turn while another runs (a cancel of it): never
+    /// run again, without passing the seq of commands sent before it.
+    pub fn accept_out_of_turn(&mut self, seq: u64, command_id: &str) {
+        self.accepted.push_back(Accepted {
+            seq,
+            command_id: command_id.to_string(),
+            deleted: false,
+        });
+        while self.accepted.len() > REMEMBERED {
+            self.accepted.pop_front();
+        }
+    }
+
     /// Marks an accepted command's file as deleted from the mailbox.
     pub fn mark_deleted(&mut self, seq: u64) {
         if let Some(a) = self.accepted.iter_mut().rev().find(|a| a.seq == seq) {

@@ -588,6 +588,7 @@ where
             .map_err(|e| anyhow::Error::from(Unreadable(crate::library::brief(&e))));
         let result = read.and_then(|r| {
             chunks(chunking, r, |chunk| {
+                meter.check()?;
                 ids.push(DataId::from(rustic_core::Id::new(
                     sink.store(BlobType::Data, chunk)?,
                 )));

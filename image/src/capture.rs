@@ -1105,6 +1105,50 @@ mod tests {
         Ok(())
     }
 
+    /// A meter that was cancelled stops a capture at its first chunk and a restore at
+    /// its first file, each with [`crate::Cancelled`] in its error; the same work with
+    /// a fresh meter runs through.
+    #[test]
+    fn a_cancelled_meter_stops_capture_and_restore() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = tree(
+            &dir.path().join("root"),
+            &[("etc/hostname", "web\n"), ("srv/data", "some data")],
+        )?;
+        let lib = library_in(dir.path())?;
+        let req = CaptureRequest {
+            image: "web".into(),
+            filesystems: vec![FsSource {
+                path: "/".into(),
+                read_from: root,
+                fstype: Some("ext4".into()),
+                ..Default::default()
+            }],
+            hostname: "web".into(),
+            ..Default::default()
+        };
+        let stopped = Meter::silent();
+        stopped.cancel();
+        let err = capture(&lib, &req, &stopped).expect_err("cancelled");
+        assert!(err.chain().any(|c| c.is::<crate::Cancelled>()), "{err:#}");
+        assert!(lib.images()?.is_empty(), "a stopped capture is no image");
+        let manifest = capture(&lib, &req, &Meter::silent())?;
+        let to = dir.path().join("to");
+        std::fs::create_dir_all(&to)?;
+        let restore = crate::RestoreRequest {
+            image: "web".into(),
+            at: Some(manifest.capture.clone()),
+            fs: "/".into(),
+            target: to.clone(),
+            overwrite: false,
+            follow: None,
+        };
+        let err = crate::restore(&lib, &restore, &stopped).expect_err("cancelled");
+        assert!(err.chain().any(|c| c.is::<crate::Cancelled>()), "{err:#}");
+        assert!(!to.join("srv/data").exists() || std::fs::read(to.join("srv/data"))?.is_empty());
+        Ok(())
+    }
+
     /// A capture that stops tells its followers why; a restore for a filesystem the
     /// capture does not have, or of a capture that never starts, ends with an error
     /// that says so.

@@ -27,5 +27,5 @@ mod workers;
 pub use capture::{CaptureRequest, FsSource, Hold, abandon, capture, capture_surveyed};
 pub use ferry_model::image::RestoreReport;
 pub use library::{ImageSummary, Library, Location};
-pub use progress::{Meter, Report};
+pub use progress::{Cancelled, Meter, Report};
 pub use restore::{RestoreRequest, restore};

@@ -2,12 +2,24 @@
 //! redrawn on a terminal) and for programs (a callback the agent turns into its status).
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustic_core::{Progress, ProgressBars, ProgressType, RusticProgress};
 use serde::Serialize;
+
+/// The error of work stopped because it was asked to stop ([`Meter::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped: cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 /// One reading of a long operation's progress.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -69,6 +81,8 @@ struct State {
 
 /// Counts bytes and files of one operation and hands out throttled reports.
 pub struct Meter {
+    /// Asked to stop ([`Meter::cancel`]).
+    cancelled: AtomicBool,
     bytes: AtomicU64,
     files: AtomicU64,
     state: Mutex<State>,
@@ -101,6 +115,7 @@ impl Meter {
 
     fn build(every: Duration, callback: Option<Callback>, terminal: bool) -> Meter {
         Meter {
+            cancelled: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
             files: AtomicU64::new(0),
             state: Mutex::new(State {
@@ -112,6 +127,21 @@ impl Meter {
             every,
             callback,
             terminal,
+        }
+    }
+
+    /// Asks the work this meter measures to stop: captures and restores end with
+    /// [`Cancelled`] at their next chunk, deploys at their next step.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Cancelled`] once [`Meter::cancel`] was called.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            Err(Cancelled)
+        } else {
+            Ok(())
         }
     }
 

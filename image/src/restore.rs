@@ -180,7 +180,9 @@ fn restore_raw(
         }
         Err(e) => bail!("target {shown}: cannot use it ({e})"),
     };
-    let written = write_blobs(repo, &file, node, device, meter).map_err(|e| {
+    let written = write_blobs(repo, &file, node, device, meter);
+    meter.check()?;
+    let written = written.map_err(|e| {
         if e.full {
             anyhow!("target {shown}: full, too small for the {size} bytes of {path}")
         } else {
@@ -373,7 +375,7 @@ fn write_contents(
     let full = AtomicBool::new(false);
     let shared = Mutex::new(std::mem::take(report));
     crate::workers::for_each_index(jobs.len(), |i| {
-        if full.load(Ordering::Relaxed) {
+        if full.load(Ordering::Relaxed) || meter.check().is_err() {
             return ControlFlow::Break(());
         }
         let job = &jobs[i];
@@ -398,6 +400,7 @@ fn write_contents(
     *report = shared
         .into_inner()
         .map_err(|_| anyhow!("a restore worker failed"))?;
+    meter.check()?;
     if full.load(Ordering::Relaxed) {
         bail!(
             "the target filled up: {} of {} files written; it is too small for this filesystem",
@@ -446,6 +449,12 @@ fn write_blobs(
 ) -> Result<u64, WriteError> {
     let mut offset = 0u64;
     for id in node.content.iter().flatten() {
+        if let Err(c) = meter.check() {
+            return Err(WriteError {
+                message: c.to_string(),
+                full: true,
+            });
+        }
         let blob = BlobId::from(*id);
         let data = repo.get_blob_cached(&blob, BlobType::Data).map_err(|e| {
             let pack = repo

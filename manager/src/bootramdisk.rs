@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferry_mailbox::Store;
-use ferry_model::protocol::{Action, AgentKind, BootMethod, MessageBody, RamdiskBase};
+use ferry_model::protocol::{Action, AgentKind, BootMethod, MessageBody, RamdiskBase, Status};
 use serde::Serialize;
 
 use ferry_agent::bootswap::sha256_hex;
@@ -109,11 +109,7 @@ pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Resu
     let id = fleet.resolve(id).await?;
     let dir = match &o.dir {
         Some(d) => d.clone(),
-        None => config
-            .boot
-            .as_ref()
-            .map(|b| b.dir.clone())
-            .context("no --boot-dir given and the config has no boot server folder; pass --boot-dir DIR (where `cargo xtask ramdisk` wrote initrd-base.zst)")?,
+        None => base_dir(config)?,
     };
     let view = fleet.view(&id).await?;
     if let Some(s) = &view.status
@@ -164,34 +160,67 @@ pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Resu
     let deadline = started + o.answer + o.wait;
     loop {
         let view = fleet.view(&id).await?;
-        if let Some(s) = &view.status {
-            let entered = s
-                .boot
-                .as_ref()
-                .and_then(|b| b.entered.as_ref())
-                .is_some_and(|e| e.command_id == cmd.command_id);
-            if s.kind == AgentKind::Ramdisk && entered {
+        match view
+            .status
+            .as_ref()
+            .and_then(|s| entered(s, &cmd.command_id, cmd.issued_ms))
+        {
+            Some(Ok(network)) => {
                 out.ramdisk_secs = Some(started.elapsed().as_secs_f64());
-                out.network = s.boot.as_ref().map(|b| b.network.clone());
+                out.network = Some(network);
                 return Ok(out);
             }
-            if let Some(e) = &s.last_error
-                && e.code == "boot-ramdisk-failed"
-                && e.at_ms >= cmd.issued_ms
-            {
-                bail!("agent {id}: {}", e.text);
-            }
+            Some(Err(why)) => bail!("agent {id}: {why}"),
+            None => {}
         }
         if Instant::now() >= deadline {
             bail!(
-                "agent {id}: the server did not come up in the Ferry ramdisk within {:.0} s ({}); the attempt failed. It comes back to its own system by itself once the ramdisk's fallback ({} s) has passed, or at its next reset; `ferry agents` shows which system it runs",
-                (o.answer + o.wait).as_secs_f64(),
-                out.method,
-                o.fallback_secs
+                "agent {id}: {}",
+                not_back((o.answer + o.wait).as_secs(), out.method, o.fallback_secs)
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The folder with the ramdisk base: the boot server's.
+pub fn base_dir(config: &ManagerConfig) -> Result<PathBuf> {
+    config
+        .boot
+        .as_ref()
+        .map(|b| b.dir.clone())
+        .context("the config has no boot server folder (boot.dir) to take the ramdisk base from; set it, or pass --boot-dir DIR (where `cargo xtask ramdisk` wrote initrd-base.zst)")
+}
+
+/// Where boot-ramdisk command `command_id`, issued at `issued_ms`, stands in its
+/// agent's status: `Some(Ok(network))` once the agent runs the ramdisk that command
+/// made (how its network came up), `Some(Err(why))` once the attempt was reported
+/// failed, `None` meanwhile.
+pub fn entered(
+    status: &Status,
+    command_id: &str,
+    issued_ms: u64,
+) -> Option<Result<String, String>> {
+    let boot = status.boot.as_ref();
+    if status.kind == AgentKind::Ramdisk
+        && boot
+            .and_then(|b| b.entered.as_ref())
+            .is_some_and(|e| e.command_id == command_id)
+    {
+        return Some(Ok(boot.map(|b| b.network.clone()).unwrap_or_default()));
+    }
+    status
+        .last_error
+        .as_ref()
+        .filter(|e| e.code == "boot-ramdisk-failed" && e.at_ms >= issued_ms)
+        .map(|e| Err(e.text.clone()))
+}
+
+/// Why an attempt is given up after `secs` without the ramdisk.
+pub fn not_back(secs: u64, method: BootMethod, fallback_secs: u32) -> String {
+    format!(
+        "the server did not come up in the Ferry ramdisk within {secs} s ({method}); the attempt failed. It comes back to its own system by itself once the ramdisk's fallback ({fallback_secs} s) has passed, or at its next reset; `ferry agents` shows which system it runs"
+    )
 }
 
 /// Prints an outcome.

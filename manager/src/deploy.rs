@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use ferry_model::deploy::{DeployPlan, SourceFs, default_plan};
 use ferry_model::image::Manifest;
-use ferry_model::protocol::{Action, MessageBody};
+use ferry_model::job::TargetRef;
+use ferry_model::protocol::{Action, AgentKind, MessageBody};
 
 use crate::config::ManagerConfig;
 use crate::fleet::Fleet;
@@ -17,7 +18,10 @@ use crate::images::{Repo, failure, run_on_agent};
 /// Options of `ferry deploy`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeployOptions {
-    /// The ramdisk agent whose machine receives the image (id or unique prefix).
+    /// The machine that receives the image: a ramdisk agent (id or unique prefix),
+    /// deployed directly; or, as a job (see `ferry migrate --to`), an installed
+    /// agent, whose server is first brought into its ramdisk, mac=…, uuid=… or
+    /// new=FILE.
     #[arg(long = "to")]
     pub to: String,
     /// A capture id of the image (default: the latest).
@@ -36,12 +40,9 @@ pub struct DeployOptions {
     /// tables (a half-written disk may then boot).
     #[arg(long)]
     pub keep_on_failure: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds to wait for the deploy to finish.
-    #[arg(long, default_value_t = 86400.0)]
-    pub timeout: f64,
+    /// Printing, waiting, or making a job and returning (`--detach`).
+    #[command(flatten)]
+    pub watch: crate::jobs::cli::WatchOptions,
 }
 
 /// A deploy plan from a YAML or JSON file.
@@ -144,8 +145,27 @@ pub(crate) async fn checked_plan(
     Ok(plan)
 }
 
-/// `ferry deploy IMAGE --to AGENT`.
+/// Whether `ferry deploy --to TARGET` is carried by a job: asked for, or a target
+/// that is not a ramdisk agent (yet).
+async fn as_job(config: &ManagerConfig, opts: &DeployOptions) -> Result<bool> {
+    if opts.watch.detach {
+        return Ok(true);
+    }
+    let Ok(TargetRef::Agent(prefix)) = TargetRef::parse(&opts.to) else {
+        return Ok(true);
+    };
+    let fleet = crate::cli::fleet(config)?;
+    let view = fleet.view(&fleet.resolve(&prefix).await?).await?;
+    Ok(view
+        .identity
+        .is_some_and(|i| i.kind == AgentKind::Installed))
+}
+
+/// `ferry deploy IMAGE --to TARGET`.
 pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -> Result<()> {
+    if !opts.plan_only && as_job(config, opts).await? {
+        return crate::jobs::cli::deploy_job(config, image, opts).await;
+    }
     let plan = plan_for(config, image, &opts.to, opts).await?;
     if opts.plan_only {
         print!(
@@ -164,7 +184,7 @@ pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -
             plan: Box::new(plan.clone()),
             reboot,
         },
-        opts.timeout,
+        opts.watch.timeout,
     )
     .await?;
     match reply.body {
@@ -174,7 +194,7 @@ pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -
             steps,
             drivers_added,
         } => {
-            if opts.json {
+            if opts.watch.json {
                 println!(
                     "{}",
                     serde_json::json!({"agent": id, "image": image, "capture": capture,

@@ -269,7 +269,8 @@ impl JobSpec {
 pub enum Step {
     /// The source's agent captures its server.
     Capture,
-    /// The target's ramdisk agent is found (it may still be booting).
+    /// The target's ramdisk agent is found (it may still be booting); a target named
+    /// by the id of an installed agent is first brought into its ramdisk.
     Target,
     /// The target's agent deploys the image.
     Deploy,
@@ -345,6 +346,10 @@ pub enum Outcome {
     Matched {
         /// Its id.
         agent: String,
+        /// How a target that ran its installed agent was brought into the Ferry
+        /// ramdisk (`boot-ramdisk`): the method and why, the ramdisk's network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entered: Option<String>,
     },
     /// The image was deployed.
     Deployed {
@@ -728,7 +733,7 @@ impl JobState {
     pub fn target_agent(&self) -> Option<&str> {
         match &self.step(Step::Target)?.status {
             StepStatus::Done {
-                outcome: Outcome::Matched { agent },
+                outcome: Outcome::Matched { agent, .. },
             } => Some(agent),
             _ => None,
         }
@@ -793,7 +798,10 @@ mod tests {
         EventKind::Done {
             step: Step::Target,
             attempt: 1,
-            outcome: Outcome::Matched { agent: "t".into() },
+            outcome: Outcome::Matched {
+                agent: "t".into(),
+                entered: None,
+            },
         }
     }
 

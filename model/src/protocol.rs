@@ -419,6 +419,15 @@ pub enum Action {
         /// Key into [`CommandPayload::secrets`].
         name: String,
     },
+    /// Stop command `command_id` if it runs here: a capture or restore stops at its
+    /// next chunk of data, a deploy at its next step (and wipes what it made unless
+    /// its plan keeps it), each answering failed with code `cancelled`. One that has
+    /// not started yet is answered so without running. The cancel itself is answered
+    /// done at once, saying which it was.
+    Cancel {
+        /// The id of the command to stop.
+        command: String,
+    },
     /// Power the machine off (ramdisk) or stop the agent (installed).
     Poweroff,
     /// Reboot the machine (ramdisk) or restart the agent (installed).
@@ -611,6 +620,7 @@ impl Action {
             Action::Ping { .. } => "ping",
             Action::Sleep { .. } => "sleep",
             Action::CheckSecret { .. } => "check-secret",
+            Action::Cancel { .. } => "cancel",
             Action::Poweroff => "poweroff",
             Action::Reboot => "reboot",
             Action::Survey => "survey",
@@ -915,9 +925,19 @@ mod tests {
 
     #[test]
     fn command_round_trips_and_validates() {
+        // Every action's fields sit beside the command's own: none may share a name.
+        for action in [
+            Action::Sleep { millis: 5 },
+            Action::Cancel {
+                command: "c-0".into(),
+            },
+            Action::Poweroff,
+        ] {
+            let c = command(action);
+            let back = CommandPayload::parse(&c.to_bytes()).expect("parses");
+            assert_eq!(back, c);
+        }
         let c = command(Action::Sleep { millis: 5 });
-        let back = CommandPayload::parse(&c.to_bytes()).expect("parses");
-        assert_eq!(back, c);
         let bad = CommandPayload { seq: 0, ..c };
         assert!(matches!(
             CommandPayload::parse(&bad.to_bytes()),

@@ -62,6 +62,41 @@ async fn only_agent(fleet: &Fleet) -> String {
     }
 }
 
+/// A store and one agent `a` polling every 0.2 s: the store, the agent, its config
+/// file, a fleet on the store, and the agent's id.
+async fn one_agent(
+    dir: &Path,
+    heartbeat: f64,
+) -> (Embedded, Proc, std::path::PathBuf, Fleet, String) {
+    let embedded = Embedded::start(&dir.join("m")).await.expect("store");
+    let (agent, _, config_path) = start_agent(&embedded.config, dir, "a", heartbeat, 0.2);
+    let fleet = Fleet::new(
+        store::open(&embedded.manager_store()).expect("open"),
+        embedded.config.keys().expect("keys"),
+    );
+    let id = only_agent(&fleet).await;
+    (embedded, agent, config_path, fleet, id)
+}
+
+/// Sends agent `id` a sleep of `millis` and waits until it runs it.
+async fn sleeping(fleet: &Fleet, id: &str, millis: u64) -> ferry_model::protocol::CommandPayload {
+    let cmd = fleet
+        .send(id, Action::Sleep { millis }, BTreeMap::new())
+        .await
+        .expect("send");
+    wait_until(
+        "the agent to start the command",
+        Duration::from_secs(20),
+        || async {
+            let v = fleet.view(id).await?;
+            Ok(v.status.is_some_and(|s| s.phase == "executing"))
+        },
+    )
+    .await
+    .expect("executing");
+    cmd
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
@@ -69,28 +104,9 @@ fn count(log: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_while_executing_does_not_execute_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let embedded = Embedded::start(&dir.path().join("m")).await.expect("store");
-    let (mut agent, _, config_path) = start_agent(&embedded.config, dir.path(), "a", 2.0, 0.2);
-    let fleet = Fleet::new(
-        store::open(&embedded.manager_store()).expect("open"),
-        embedded.config.keys().expect("keys"),
-    );
-    let id = only_agent(&fleet).await;
+    let (_embedded, mut agent, config_path, fleet, id) = one_agent(dir.path(), 2.0).await;
 
-    let cmd = fleet
-        .send(&id, Action::Sleep { millis: 8_000 }, BTreeMap::new())
-        .await
-        .expect("send");
-    wait_until(
-        "the agent to start the command",
-        Duration::from_secs(20),
-        || async {
-            let v = fleet.view(&id).await?;
-            Ok(v.status.is_some_and(|s| s.phase == "executing"))
-        },
-    )
-    .await
-    .expect("executing");
+    let cmd = sleeping(&fleet, &id, 8_000).await;
     agent.kill_hard();
     let first_log = agent.log();
     assert_eq!(count(&first_log, "running command"), 1, "{first_log}");
@@ -371,4 +387,87 @@ async fn two_replicas_one_killed_every_ping_answered_once() {
         "the surviving replica worked"
     );
     drop(host);
+}
+
+/// A cancel stops a command the agent is running (it answers at once; the command
+/// ends failed with code `cancelled` well before it would have), and a command whose
+/// cancel is in the mailbox before the agent takes it up is answered cancelled
+/// without running. A cancel of nothing running says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_running_command_and_one_not_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_embedded, mut agent, config_path, fleet, id) = one_agent(dir.path(), 1.0).await;
+    let cancel = |command: &str| {
+        let action = Action::Cancel {
+            command: command.to_string(),
+        };
+        let (fleet, id) = (&fleet, &id);
+        async move {
+            let sent = fleet.send(id, action, BTreeMap::new()).await;
+            sent.expect("send cancel").command_id
+        }
+    };
+    let reply = |command: String, of: &Proc| {
+        let (fleet, id, log) = (&fleet, &id, of.log());
+        async move {
+            let waited = Duration::from_millis(100);
+            match fleet
+                .await_reply(id, &command, Duration::from_secs(20), waited)
+                .await
+            {
+                Ok(m) => m.body,
+                Err(e) => panic!("{e:#}\n{log}"),
+            }
+        }
+    };
+
+    let sleep = sleeping(&fleet, &id, 120_000).await;
+    let asked = std::time::Instant::now();
+    let body = reply(cancel(&sleep.command_id).await, &agent).await;
+    assert!(
+        matches!(&body, MessageBody::Done { detail, .. } if detail.contains("stopping command")),
+        "{body:?}"
+    );
+    let body = reply(sleep.command_id.clone(), &agent).await;
+    assert!(
+        matches!(&body, MessageBody::Failed { code, text, .. } if code == "cancelled" && text.contains("cancelled")),
+        "{body:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // Nothing runs now.
+    let body = reply(cancel(&sleep.command_id).await, &agent).await;
+    assert!(
+        matches!(&body, MessageBody::Done { detail, .. } if detail.contains("not running here")),
+        "{body:?}"
+    );
+
+    // A command and its cancel, both in the mailbox while the agent is stopped.
+    agent.kill_hard();
+    let later = fleet
+        .send(&id, Action::Sleep { millis: 120_000 }, BTreeMap::new())
+        .await
+        .expect("send");
+    let cancelled = cancel(&later.command_id).await;
+    let restarted = spawn_agent(&config_path, &dir.path().join("a2.log"));
+    let body = reply(later.command_id.clone(), &restarted).await;
+    assert!(
+        matches!(&body, MessageBody::Failed { code, text, .. } if code == "cancelled" && text.contains("before it started")),
+        "{body:?}"
+    );
+    let body = reply(cancelled, &restarted).await;
+    assert!(
+        matches!(&body, MessageBody::Done { detail, .. } if detail.contains("cancelled before it started")),
+        "{body:?}"
+    );
+    assert_eq!(
+        count(&restarted.log(), "running command"),
+        1,
+        "{}",
+        restarted.log()
+    );
 }

@@ -341,6 +341,13 @@ async fn a_job_survives_its_manager_and_no_command_runs_twice() {
         std::thread::sleep(Duration::from_secs(1));
         out = ferry_ok(&cfg, &["job", "cancel", &busy]);
     }
+    // A capture still running when the cancel came was asked to stop, and answered.
+    if out.contains("asked agent") {
+        assert!(
+            out.contains("the capture step stopped") || out.contains("had ended before"),
+            "{out}"
+        );
+    }
     assert_eq!(runs(&agent, &format!("{busy}-capture-1")), 1);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(tree_size(store.as_ref(), &repo).await, (0, 0), "{repo}");

@@ -102,3 +102,97 @@ async fn a_broken_ramdisk_falls_back_to_the_servers_own_system() -> Result<()> {
     ensure!(view["status"]["boot"].is_null(), "{view}");
     Ok(())
 }
+
+/// `ferry deploy IMAGE --to` an installed agent: the job's target step brings the
+/// server into its ramdisk (the safest method: grub-once here) and records how; the
+/// deploy then goes to the same agent in the ramdisk. Its plan names a disk the
+/// machine lacks, so the ramdisk agent refuses it before touching any disk, and the
+/// job fails at the deploy step in the agent's words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_job_brings_an_installed_server_into_its_ramdisk() -> Result<()> {
+    let Some(_) = ramdisk() else { return Ok(()) };
+    let work = tempfile::tempdir()?;
+    let m = Manager::start(work.path(), None)?;
+    let mut s = cloud::start(
+        &m,
+        &work.path().join("server"),
+        Start::Firmware(Firmware::Bios),
+    )
+    .await?;
+    // A small image: the root filesystem without its programs.
+    m.ferry(&[
+        "capture",
+        &s.id,
+        "--image",
+        "etc",
+        "--path",
+        "/",
+        "--exclude",
+        "/usr",
+        "--exclude",
+        "/boot",
+    ])?;
+    let plan = m
+        .ferry(&["deploy", "etc", "--to", &s.id, "--plan-only"])?
+        .replace("disk: vda", "disk: vdz");
+    ensure!(plan.contains("disk: vdz"), "{plan}");
+    let plan_file = work.path().join("plan.yaml");
+    std::fs::write(&plan_file, plan)?;
+    let job = m
+        .ferry(&[
+            "deploy",
+            "etc",
+            "--to",
+            &s.id,
+            "--plan",
+            &plan_file.to_string_lossy(),
+            "--detach",
+        ])?
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    let j = loop {
+        let j: serde_json::Value =
+            serde_json::from_str(&m.ferry(&["job", "show", &job, "--json"])?)?;
+        if j["status"] != "running" {
+            break j;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "job {job} still running: {j:#}\n{}",
+            s.vm.tail()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let steps = j["steps"].as_array().cloned().unwrap_or_default();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|st| st["step"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let target = step("target");
+    ensure!(
+        target["status"]["state"] == "done"
+            && target["status"]["outcome"]["agent"] == s.id.as_str()
+            && target["status"]["outcome"]["entered"]
+                .as_str()
+                .is_some_and(|e| e.contains("by grub-once") && e.contains("10.0.2.15/24")),
+        "the target step did not bring the server into its ramdisk: {j:#}"
+    );
+    let deploy = step("deploy");
+    ensure!(
+        j["status"] == "failed"
+            && deploy["status"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("disk vdz: not found on this machine")),
+        "the deploy did not reach the ramdisk agent, or was not refused: {j:#}"
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&m.ferry(&["agent", "show", &s.id, "--json"])?)?;
+    ensure!(view["status"]["kind"] == "ramdisk", "{view}");
+    m.ferry(&["poweroff", &s.id])?;
+    s.vm.wait_exit(Duration::from_secs(120)).await?;
+    Ok(())
+}

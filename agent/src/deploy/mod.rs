@@ -94,6 +94,9 @@ fn step<T>(
     name: &str,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    meter
+        .check()
+        .with_context(|| format!("before step {name}"))?;
     meter.phase(&format!("deploy: {name}"), None);
     let start = Instant::now();
     let out = f().with_context(|| format!("step {name}"))?;

@@ -14,7 +14,7 @@ use ferry_model::job::{
     TargetRef,
 };
 use ferry_model::machine::MachineSpec;
-use ferry_model::protocol::SCHEMA;
+use ferry_model::protocol::{Action, MessageBody, SCHEMA};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Job, engine};
@@ -25,10 +25,11 @@ use crate::images::Repo;
 /// Options of `ferry migrate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateOptions {
-    /// The target: a ramdisk agent's id (or prefix); the machine that will boot
-    /// Ferry's ramdisk, as mac=AA:BB:CC:DD:EE:FF or uuid=SMBIOS-UUID; or a machine a
-    /// provider makes, as new=FILE (a machine spec in YAML: provider, cpus,
-    /// memory_mib, firmware, boot, disks, nics).
+    /// The target: an agent's id (or prefix) — a ramdisk agent, or an installed one
+    /// whose server is first brought into its ramdisk (boot-ramdisk); the machine
+    /// that will boot Ferry's ramdisk, as mac=AA:BB:CC:DD:EE:FF or uuid=SMBIOS-UUID;
+    /// or a machine a provider makes, as new=FILE (a machine spec in YAML: provider,
+    /// cpus, memory_mib, firmware, boot, disks, nics).
     #[arg(long = "to")]
     pub to: String,
     /// The image to capture into (default: the source's host name).
@@ -87,15 +88,13 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
         .unwrap_or_else(|| identity.hostname.clone());
     ferry_model::image::check_image_name(&image)
         .map_err(|e| anyhow::anyhow!("image {image:?}: {e} (name one with --image)"))?;
-    let target = match target {
-        TargetRef::Agent(prefix) => TargetRef::Agent(fleet.resolve(&prefix).await?),
-        other => other,
-    };
-    let plan = opts
-        .plan
-        .as_deref()
-        .map(crate::deploy::read_plan)
-        .transpose()?;
+    let target = resolved(&fleet, target).await?;
+    if target == TargetRef::Agent(source.clone()) {
+        bail!(
+            "agent {source} is both the source and the target; to put an image back onto its own server, capture it, then `ferry deploy IMAGE --to {}`",
+            &source[..12.min(source.len())]
+        );
+    }
     let id = make(
         &fleet,
         JobKind::Migrate {
@@ -103,20 +102,80 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
             image,
             target,
             capture: opts.how.settings(),
-            deploy: DeploySettings {
-                plan: plan.map(Box::new),
-                reboot: !opts.no_reboot,
-                keep_on_failure: opts.keep_on_failure,
-            },
+            deploy: deploy_settings(opts.plan.as_deref(), opts.no_reboot, opts.keep_on_failure)?,
             direct: opts.direct,
         },
     )
     .await?;
-    if opts.watch.detach {
+    detach_or_follow(config, &fleet, &id, &opts.watch).await
+}
+
+/// `ferry deploy IMAGE --to TARGET` as a job: for `--detach`, and for a target that
+/// is no ramdisk agent yet (an installed agent, a MAC, an SMBIOS UUID, a machine to
+/// make).
+pub async fn deploy_job(
+    config: &ManagerConfig,
+    image: &str,
+    opts: &crate::deploy::DeployOptions,
+) -> Result<()> {
+    let target = parse_target(config, &opts.to)?;
+    let fleet = crate::cli::fleet(config)?;
+    let target = resolved(&fleet, target).await?;
+    let deploy = deploy_settings(opts.plan.as_deref(), opts.no_reboot, opts.keep_on_failure)?;
+    // The image (and the capture asked for) must be there before anything moves.
+    let (name, at) = (image.to_string(), opts.capture.clone());
+    crate::images::Repo::library(config)?
+        .with(move |lib| lib.manifest(&name, at.as_deref()))
+        .await?;
+    let id = make(
+        &fleet,
+        JobKind::Deploy {
+            image: image.to_string(),
+            capture: opts.capture.clone(),
+            target,
+            deploy,
+        },
+    )
+    .await?;
+    detach_or_follow(config, &fleet, &id, &opts.watch).await
+}
+
+/// An agent target by its whole id; others as given.
+async fn resolved(fleet: &Fleet, target: TargetRef) -> Result<TargetRef> {
+    Ok(match target {
+        TargetRef::Agent(prefix) => TargetRef::Agent(fleet.resolve(&prefix).await?),
+        other => other,
+    })
+}
+
+/// How a job deploys: the user's plan, if any, and the flags.
+fn deploy_settings(
+    plan: Option<&std::path::Path>,
+    no_reboot: bool,
+    keep_on_failure: bool,
+) -> Result<DeploySettings> {
+    Ok(DeploySettings {
+        plan: plan
+            .map(crate::deploy::read_plan)
+            .transpose()?
+            .map(Box::new),
+        reboot: !no_reboot,
+        keep_on_failure,
+    })
+}
+
+/// Prints the new job's id and returns (`--detach`), or follows it to its end.
+async fn detach_or_follow(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    id: &str,
+    watch: &WatchOptions,
+) -> Result<()> {
+    if watch.detach {
         println!("{id}");
         return Ok(());
     }
-    follow(config, &fleet, &id, &opts.watch).await
+    follow(config, fleet, id, watch).await
 }
 
 /// Reads `--to`: what [`TargetRef::parse`] reads, or `new=FILE` with a machine spec
@@ -419,7 +478,7 @@ fn outcome_words(outcome: &Outcome) -> String {
             size(filesystems.iter().map(|f| f.bytes).sum()),
             filesystems.len()
         ),
-        Outcome::Matched { agent } => format!("agent {}", &agent[..12.min(agent.len())]),
+        Outcome::Matched { agent, .. } => format!("agent {}", &agent[..12.min(agent.len())]),
         Outcome::Deployed { capture, .. } => format!("capture {capture}"),
         Outcome::Discarded { objects, bytes } => {
             format!(
@@ -556,7 +615,10 @@ pub fn summary(job: &Job, state: &JobState) -> String {
                     }
                 }
                 Outcome::Discarded { .. } => {}
-                Outcome::Matched { .. } => {
+                Outcome::Matched { entered, .. } => {
+                    if let Some(e) = entered {
+                        out.push_str(&format!("           {e}\n"));
+                    }
                     if let Some(m) = &state.machine {
                         out.push_str(&format!(
                             "           on machine {} that provider {} {}{}\n",
@@ -688,17 +750,8 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
         }
         status => bail!("job {id} has already {status}"),
     }
-    let running: Vec<String> = state
-        .steps
-        .iter()
-        .filter(|s| matches!(s.status, StepStatus::Running { .. }))
-        .map(|s| s.step.to_string())
-        .collect();
-    if !running.is_empty() && state.status == JobStatus::Running {
-        println!(
-            "  still running on its agent, to its end: {}",
-            running.join(", ")
-        );
+    if state.status == JobStatus::Running {
+        stop_running(&fleet, &state).await?;
     }
     if direct {
         // Deleted only once the cancel has stuck and no agent works in it any more.
@@ -739,6 +792,72 @@ pub async fn cancel(config: &ManagerConfig, id: &str) -> Result<()> {
         println!(
             "  its temporary repository is deleted: {objects} objects, {}",
             size(bytes)
+        );
+    }
+    Ok(())
+}
+
+/// How long `ferry job cancel` waits for the agents to stop the steps they run.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// Asks the agent of every step still running to stop it (a cancel command under
+/// the fixed id `<command>-cancel`, so a second `job cancel` sends nothing new), and
+/// waits a while for each to answer.
+async fn stop_running(fleet: &Fleet, state: &JobState) -> Result<()> {
+    let mut asked = Vec::new();
+    for s in &state.steps {
+        let StepStatus::Running {
+            agent, command_id, ..
+        } = &s.status
+        else {
+            continue;
+        };
+        if fleet.reply_now(agent, command_id).await?.is_some() {
+            continue;
+        }
+        let action = Action::Cancel {
+            command: command_id.clone(),
+        };
+        let cancel = format!("{command_id}-cancel");
+        match fleet
+            .send_prepared(agent, &cancel, action, Default::default())
+            .await
+        {
+            Ok(_) => {
+                println!(
+                    "  asked agent {} to stop its {} step",
+                    &agent[..12.min(agent.len())],
+                    s.step
+                );
+                asked.push((s.step, agent.clone(), command_id.clone()));
+            }
+            Err(e) => println!(
+                "  could not ask agent {agent} to stop its {} step ({e:#}); it runs to its end",
+                s.step
+            ),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    while !asked.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut left = Vec::new();
+        for (step, agent, command_id) in asked {
+            match fleet.reply_now(&agent, &command_id).await?.map(|m| m.body) {
+                Some(MessageBody::Failed { code, .. }) if code == "cancelled" => {
+                    println!("  the {step} step stopped");
+                }
+                Some(_) => println!("  the {step} step had ended before it could be stopped"),
+                None => left.push((step, agent, command_id)),
+            }
+        }
+        asked = left;
+        if !asked.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for (step, agent, _) in &asked {
+        println!(
+            "  agent {} has not stopped its {step} step yet (offline, or between checks); it stops when it sees the cancel",
+            &agent[..12.min(agent.len())]
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ use ferry_model::job::{
     EventKind, JobKind, JobState, JobStatus, Outcome, Step, StepState, StepStatus, TargetRef,
     capture_id,
 };
-use ferry_model::protocol::{Action, AgentKind, MessageBody};
+use ferry_model::protocol::{Action, AgentKind, BootMethod, MessageBody};
 use tracing::info;
 
 use super::Job;
@@ -20,6 +20,14 @@ use crate::images::Repo;
 /// How long a direct migration's deploy waits for each filesystem of the capture it
 /// follows (a failed capture tells it at once; this bounds a capture that hangs).
 const FOLLOW_SECS: u64 = 6 * 3600;
+
+/// A target brought into its ramdisk by its installed agent: the ramdisk reboots back
+/// into the server's own system when its agent has not reached the store by then.
+const BOOT_FALLBACK_SECS: u32 = 600;
+
+/// How long after the boot-ramdisk command the target step gives up on the ramdisk:
+/// making it (a few minutes at most) and the fallback.
+const BOOT_DEADLINE_SECS: u64 = 1200;
 
 /// How many events one call of [`advance`] records at most (a job has few steps; the
 /// bound keeps a replica that keeps losing races from looping).
@@ -96,6 +104,9 @@ async fn work_on(
         agent, command_id, ..
     } = &step.status
     {
+        if s == Step::Target {
+            return entering(fleet, step, agent, command_id).await;
+        }
         return Ok(answer(fleet, agent, command_id)
             .await?
             .map(|body| event_for(s, attempt, agent, body)));
@@ -218,6 +229,19 @@ async fn find_target(
             },
         }));
     }
+    // A server running its installed agent is brought into its ramdisk first.
+    if let TargetRef::Agent(prefix) = target
+        && let Ok(id) = fleet.resolve(prefix).await
+    {
+        let view = fleet.view(&id).await?;
+        let installed = view
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.kind == AgentKind::Installed);
+        if installed && view.health == Health::Online {
+            return Ok(Some(boot_target(config, fleet, job, attempt, &id).await));
+        }
+    }
     let candidates = match target {
         TargetRef::Agent(prefix) => match fleet.resolve(prefix).await {
             Ok(id) => vec![fleet.view(&id).await?],
@@ -246,8 +270,108 @@ async fn find_target(
     Ok(found.map(|i| EventKind::Done {
         step: Step::Target,
         attempt,
-        outcome: Outcome::Matched { agent: i.agent_id },
+        outcome: Outcome::Matched {
+            agent: i.agent_id,
+            entered: None,
+        },
     }))
+}
+
+/// Has the installed agent `id` bring its server into the Ferry ramdisk (the safest
+/// method that works there): the target step's command.
+async fn boot_target(
+    config: &ManagerConfig,
+    fleet: &Fleet,
+    job: &Job,
+    attempt: u32,
+    id: &str,
+) -> EventKind {
+    let command_id = Step::Target.command_id(&job.spec.id, attempt);
+    let sent = async {
+        let dir = crate::bootramdisk::base_dir(config)?;
+        let base = crate::bootramdisk::publish(fleet.store().as_ref(), &dir).await?;
+        let action = Action::BootRamdisk {
+            method: BootMethod::Auto,
+            base,
+            fallback_secs: BOOT_FALLBACK_SECS,
+            check: false,
+        };
+        fleet
+            .send_prepared(id, &command_id, action, Default::default())
+            .await
+    };
+    match sent.await {
+        Ok(cmd) => EventKind::Sent {
+            step: Step::Target,
+            attempt,
+            agent: id.to_string(),
+            command_id,
+            seq: cmd.seq,
+        },
+        Err(e) => EventKind::Failed {
+            step: Step::Target,
+            attempt,
+            error: format!("bringing agent {id} into the Ferry ramdisk: {e:#}"),
+        },
+    }
+}
+
+/// A target on its way into its ramdisk: matched once the same agent runs the ramdisk
+/// the step's command made; failed when the agent could not make it, the ramdisk
+/// reported the attempt failed, or it has not come within the deadline (the server
+/// then comes back to its own system by itself).
+async fn entering(
+    fleet: &Fleet,
+    step: &StepState,
+    agent: &str,
+    command_id: &str,
+) -> Result<Option<EventKind>> {
+    let failed = |error: String| {
+        Some(EventKind::Failed {
+            step: Step::Target,
+            attempt: step.attempt,
+            error,
+        })
+    };
+    let made = match answer(fleet, agent, command_id).await? {
+        Some(MessageBody::RamdiskPrepared { method, why, .. }) => Some((method, why)),
+        Some(other) => return Ok(failed(crate::images::failure(agent, other).to_string())),
+        None => None,
+    };
+    let sent_ms = step.started_ms.unwrap_or(0);
+    // A minute's slack for the clocks of agent and manager.
+    let since = sent_ms.saturating_sub(60_000);
+    let view = fleet.view(agent).await?;
+    match view
+        .status
+        .as_ref()
+        .and_then(|s| crate::bootramdisk::entered(s, command_id, since))
+    {
+        Some(Ok(network)) => {
+            let how = made.map_or_else(
+                || "entered its ramdisk".to_string(),
+                |(method, why)| format!("entered its ramdisk by {method} ({why})"),
+            );
+            return Ok(Some(EventKind::Done {
+                step: Step::Target,
+                attempt: step.attempt,
+                outcome: Outcome::Matched {
+                    agent: agent.to_string(),
+                    entered: Some(format!("{how}; network: {network}")),
+                },
+            }));
+        }
+        Some(Err(why)) => return Ok(failed(format!("agent {agent}: {why}"))),
+        None => {}
+    }
+    if ferry_mailbox::time::now_ms() > sent_ms + BOOT_DEADLINE_SECS * 1000 {
+        let method = made.map_or(BootMethod::Auto, |(m, _)| m);
+        return Ok(failed(format!(
+            "agent {agent}: {}",
+            crate::bootramdisk::not_back(BOOT_DEADLINE_SECS, method, BOOT_FALLBACK_SECS)
+        )));
+    }
+    Ok(None)
 }
 
 /// Sends the capture command; (agent, seq). A direct migration's capture gets a fixed
