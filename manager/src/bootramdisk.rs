@@ -130,6 +130,7 @@ pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Resu
         .await_reply(&id, &cmd.command_id, o.answer, Duration::from_millis(500))
         .await?;
     let answer_secs = started.elapsed().as_secs_f64();
+    let prepared_ms = reply.at_ms;
     let mut out = match reply.body {
         MessageBody::RamdiskPrepared {
             method,
@@ -163,7 +164,7 @@ pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Resu
         match view
             .status
             .as_ref()
-            .and_then(|s| entered(s, &cmd.command_id, cmd.issued_ms))
+            .and_then(|s| entered(s, &cmd.command_id, cmd.issued_ms, Some(prepared_ms)))
         {
             Some(Ok(network)) => {
                 out.ramdisk_secs = Some(started.elapsed().as_secs_f64());
@@ -195,11 +196,14 @@ pub fn base_dir(config: &ManagerConfig) -> Result<PathBuf> {
 /// Where boot-ramdisk command `command_id`, issued at `issued_ms`, stands in its
 /// agent's status: `Some(Ok(network))` once the agent runs the ramdisk that command
 /// made (how its network came up), `Some(Err(why))` once the attempt was reported
-/// failed, `None` meanwhile.
+/// failed — or, when the agent answered it had made the ramdisk and was rebooting at
+/// `prepared_ms` (its own clock), once its installed self writes its status again
+/// well after that: the server is back on its own system —, `None` meanwhile.
 pub fn entered(
     status: &Status,
     command_id: &str,
     issued_ms: u64,
+    prepared_ms: Option<u64>,
 ) -> Option<Result<String, String>> {
     let boot = status.boot.as_ref();
     if status.kind == AgentKind::Ramdisk
@@ -209,12 +213,25 @@ pub fn entered(
     {
         return Some(Ok(boot.map(|b| b.network.clone()).unwrap_or_default()));
     }
-    status
+    if let Some(e) = status
         .last_error
         .as_ref()
         .filter(|e| e.code == "boot-ramdisk-failed" && e.at_ms >= issued_ms)
-        .map(|e| Err(e.text.clone()))
+    {
+        return Some(Err(e.text.clone()));
+    }
+    // The installed agent writes nothing more once it has handed over to the reboot.
+    let back = prepared_ms.is_some_and(|at| {
+        status.kind == AgentKind::Installed && status.updated_ms > at + BACK_SLACK_MS
+    });
+    back.then(|| {
+        Err("the server did not come up in the Ferry ramdisk: it started its own system again (its boot loader did not take the ramdisk's entry, or the ramdisk fell back); the attempt failed".to_string())
+    })
 }
+
+/// How long after its answer an installed agent that is rebooting may still write
+/// its status.
+const BACK_SLACK_MS: u64 = 10_000;
 
 /// Why an attempt is given up after `secs` without the ramdisk.
 pub fn not_back(secs: u64, method: BootMethod, fallback_secs: u32) -> String {
@@ -250,4 +267,90 @@ pub fn print(o: &Outcome, json: bool) -> Result<()> {
         (None, _) => println!("{short}: checked only; nothing changed on the server"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_model::protocol::{BootReport, Entered, ReportedError, SCHEMA};
+
+    fn status(kind: AgentKind, updated_ms: u64) -> Status {
+        Status {
+            schema: SCHEMA,
+            agent_id: "a".into(),
+            kind,
+            phase: "idle".into(),
+            step: None,
+            progress: None,
+            last_error: None,
+            last_command_seq: 1,
+            survey: Default::default(),
+            boot: None,
+            updated_ms,
+        }
+    }
+
+    /// The ramdisk of this command is entered; a failure reported since the command,
+    /// or the installed agent writing again well after it said it was rebooting, is
+    /// the attempt failed; anything else is not known yet.
+    #[test]
+    fn an_attempt_is_entered_failed_or_not_known_yet() {
+        let mut ramdisk = status(AgentKind::Ramdisk, 50_000);
+        ramdisk.boot = Some(BootReport {
+            network: "server eth0 10.0.2.15/24".into(),
+            entered: Some(Entered {
+                method: BootMethod::Kexec,
+                command_id: "c1".into(),
+                kernel_release: "6.1".into(),
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            entered(&ramdisk, "c1", 1_000, Some(2_000)),
+            Some(Ok("server eth0 10.0.2.15/24".into()))
+        );
+        assert_eq!(entered(&ramdisk, "c2", 1_000, None), None);
+
+        let mut failed = status(AgentKind::Installed, 3_000);
+        failed.last_error = Some(ReportedError {
+            code: "boot-ramdisk-failed".into(),
+            text: "could not be entered".into(),
+            at_ms: 2_500,
+        });
+        assert_eq!(
+            entered(&failed, "c1", 1_000, None),
+            Some(Err("could not be entered".into()))
+        );
+        assert_eq!(
+            entered(&failed, "c1", 5_000, None),
+            None,
+            "an older failure"
+        );
+
+        // Still writing just after its answer; back on its own system much later.
+        assert_eq!(
+            entered(
+                &status(AgentKind::Installed, 2_500),
+                "c1",
+                1_000,
+                Some(2_000)
+            ),
+            None
+        );
+        let back = entered(
+            &status(AgentKind::Installed, 90_000),
+            "c1",
+            1_000,
+            Some(2_000),
+        );
+        assert!(
+            back.as_ref()
+                .is_some_and(|r| r.as_ref().is_err_and(|e| e.contains("own system again"))),
+            "{back:?}"
+        );
+        assert_eq!(
+            entered(&status(AgentKind::Installed, 90_000), "c1", 1_000, None),
+            None
+        );
+    }
 }

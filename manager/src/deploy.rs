@@ -40,6 +40,10 @@ pub struct DeployOptions {
     /// tables (a half-written disk may then boot).
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// How a target that runs its installed agent enters the ramdisk first: auto
+    /// (the safest that works there), grub-once, kexec or init.
+    #[arg(long, default_value = "auto")]
+    pub boot_method: ferry_model::protocol::BootMethod,
     /// Printing, waiting, or making a job and returning (`--detach`).
     #[command(flatten)]
     pub watch: crate::jobs::cli::WatchOptions,

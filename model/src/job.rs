@@ -127,6 +127,9 @@ pub struct DeploySettings {
     /// Leave the disks as they are on failure instead of wiping the new tables.
     #[serde(default)]
     pub keep_on_failure: bool,
+    /// How a target that runs its installed agent enters the ramdisk.
+    #[serde(default, skip_serializing_if = "crate::protocol::BootMethod::is_auto")]
+    pub boot_method: crate::protocol::BootMethod,
 }
 
 /// What a job does.
@@ -762,6 +765,7 @@ mod tests {
                     plan: None,
                     reboot: true,
                     keep_on_failure: false,
+                    boot_method: Default::default(),
                 },
                 direct: false,
             },

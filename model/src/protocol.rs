@@ -517,10 +517,11 @@ pub enum Action {
 }
 
 /// How an installed agent enters the ramdisk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMethod {
     /// The safest method that works here: grub-once, else kexec, else init.
+    #[default]
     Auto,
     /// A GRUB entry used for the next boot only; the default entry is untouched, so a
     /// reset after a ramdisk that never reports boots the server's own system.
@@ -534,6 +535,11 @@ pub enum BootMethod {
 }
 
 impl BootMethod {
+    /// Whether this is [`BootMethod::Auto`].
+    pub fn is_auto(&self) -> bool {
+        *self == BootMethod::Auto
+    }
+
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -127,6 +127,17 @@ pub async fn enter(m: &Manager, s: &Server, method: &str) -> Result<Entered> {
     let secs = started.elapsed().as_secs_f64();
     let outcome: Value = serde_json::from_str(&out).context("ferry boot-ramdisk --json")?;
     ensure!(outcome["method"] == method, "the method used: {outcome}");
+    Ok(Entered {
+        outcome,
+        secs,
+        view: in_ramdisk(m, s, method)?,
+    })
+}
+
+/// Checks the server runs its ramdisk, entered by `method`, as the same machine: same
+/// agent, kind ramdisk, the server's kernel, its network by its own static
+/// configuration, its disk held by nothing; the ramdisk agent's view.
+pub fn in_ramdisk(m: &Manager, s: &Server, method: &str) -> Result<Value> {
     let view: Value = serde_json::from_str(&m.ferry(&["agent", "show", &s.id, "--json"])?)?;
     let status = &view["status"];
     ensure!(status["kind"] == "ramdisk", "not the ramdisk: {status}");
@@ -173,11 +184,7 @@ pub async fn enter(m: &Manager, s: &Server, method: &str) -> Result<Entered> {
         "the ramdisk does not say it was entered by {method}: {}",
         status["boot"]
     );
-    Ok(Entered {
-        outcome,
-        secs,
-        view,
-    })
+    Ok(view)
 }
 
 /// A ramdisk base whose `/init` is no program, with the real base's build

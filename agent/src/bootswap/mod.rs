@@ -316,7 +316,7 @@ pub fn clean_up(state_dir: &Path) -> Vec<String> {
                     .any(|(k, val)| k == "next_entry" && val == grub::ENTRY_ID)
             })
             && let Ok(cleared) = grub::env_set(Some(&block), "next_entry", None)
-            && write_synced(&env, &cleared, 0o644).is_ok()
+            && write_env(&env, &cleared).is_ok()
         {
             done.push(format!("next_entry in {}", env.display()));
         }
@@ -553,7 +553,7 @@ impl Prepared {
         let env_path = place.dir.join("grubenv");
         let old = std::fs::read(&env_path).ok();
         let env = grub::env_set(old.as_deref(), "next_entry", Some(grub::ENTRY_ID))?;
-        write_synced(&env_path, &env, 0o644)?;
+        write_env(&env_path, &env)?;
         reboot(false)
     }
 
@@ -567,6 +567,24 @@ impl Prepared {
         kexec_load(kernel, &path, &self.cmdline)?;
         reboot(true)
     }
+}
+
+/// Writes GRUB's environment block as `grub-editenv` does: over the old block in
+/// place when it has the same size (the file GRUB itself writes at boot keeps its
+/// blocks), else as a new file; synced either way.
+fn write_env(path: &Path, block: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let same_size = std::fs::metadata(path).is_ok_and(|m| m.len() == block.len() as u64);
+    if !same_size {
+        return write_synced(path, block, 0o644);
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all_at(block, 0)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes a file through a temporary name, synced, renamed over the old one, and the
@@ -595,6 +613,8 @@ fn kexec_load(kernel: &Path, ramdisk: &Path, cmdline: &str) -> Result<()> {
 /// services stop cleanly; without systemd, directly.
 fn reboot(kexec: bool) -> Result<()> {
     let verb = if kexec { "kexec" } else { "reboot" };
+    // What the boot loader reads must be on the disk whatever the shutdown does.
+    nix::unistd::sync();
     let systemd = Path::new("/run/systemd/system").exists();
     if systemd {
         // Queued, not waited for: the shutdown it starts stops this agent's service,
@@ -617,6 +637,24 @@ fn reboot(kexec: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The environment block is written over the old one in place (same inode, as
+    /// grub-editenv does); a block of another size replaces the file.
+    #[test]
+    fn the_environment_block_is_written_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = dir.path().join("grubenv");
+        let old = grub::env_set(None, "saved_entry", Some("0")).expect("block");
+        std::fs::write(&env, &old).expect("write");
+        let ino = std::fs::metadata(&env).expect("meta").ino();
+        let new = grub::env_set(Some(&old), "next_entry", Some(grub::ENTRY_ID)).expect("set");
+        write_env(&env, &new).expect("written");
+        assert_eq!(std::fs::metadata(&env).expect("meta").ino(), ino);
+        assert_eq!(std::fs::read(&env).expect("read"), new);
+        write_env(&env, b"short").expect("written");
+        assert_eq!(std::fs::read(&env).expect("read"), b"short");
+    }
 
     fn cloud() -> Facts {
         Facts {

@@ -48,6 +48,10 @@ pub struct MigrateOptions {
     /// partition tables.
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// How a target that runs its installed agent enters the ramdisk first: auto
+    /// (the safest that works there), grub-once, kexec or init.
+    #[arg(long, default_value = "auto")]
+    pub boot_method: ferry_model::protocol::BootMethod,
     /// Capture into a temporary repository of this job, not the library; it is
     /// deleted once the target is deployed, and the image is not kept.
     #[arg(long)]
@@ -102,7 +106,12 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
             image,
             target,
             capture: opts.how.settings(),
-            deploy: deploy_settings(opts.plan.as_deref(), opts.no_reboot, opts.keep_on_failure)?,
+            deploy: deploy_settings(
+                opts.plan.as_deref(),
+                opts.no_reboot,
+                opts.keep_on_failure,
+                opts.boot_method,
+            )?,
             direct: opts.direct,
         },
     )
@@ -121,7 +130,12 @@ pub async fn deploy_job(
     let target = parse_target(config, &opts.to)?;
     let fleet = crate::cli::fleet(config)?;
     let target = resolved(&fleet, target).await?;
-    let deploy = deploy_settings(opts.plan.as_deref(), opts.no_reboot, opts.keep_on_failure)?;
+    let deploy = deploy_settings(
+        opts.plan.as_deref(),
+        opts.no_reboot,
+        opts.keep_on_failure,
+        opts.boot_method,
+    )?;
     // The image (and the capture asked for) must be there before anything moves.
     let (name, at) = (image.to_string(), opts.capture.clone());
     crate::images::Repo::library(config)?
@@ -153,6 +167,7 @@ fn deploy_settings(
     plan: Option<&std::path::Path>,
     no_reboot: bool,
     keep_on_failure: bool,
+    boot_method: ferry_model::protocol::BootMethod,
 ) -> Result<DeploySettings> {
     Ok(DeploySettings {
         plan: plan
@@ -161,6 +176,7 @@ fn deploy_settings(
             .map(Box::new),
         reboot: !no_reboot,
         keep_on_failure,
+        boot_method,
     })
 }
 

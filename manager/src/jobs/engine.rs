@@ -277,8 +277,8 @@ async fn find_target(
     }))
 }
 
-/// Has the installed agent `id` bring its server into the Ferry ramdisk (the safest
-/// method that works there): the target step's command.
+/// Has the installed agent `id` bring its server into the Ferry ramdisk (by the job's
+/// boot method, the safest that works there unless told): the target step's command.
 async fn boot_target(
     config: &ManagerConfig,
     fleet: &Fleet,
@@ -290,8 +290,12 @@ async fn boot_target(
     let sent = async {
         let dir = crate::bootramdisk::base_dir(config)?;
         let base = crate::bootramdisk::publish(fleet.store().as_ref(), &dir).await?;
+        let method = match &job.spec.kind {
+            JobKind::Deploy { deploy, .. } | JobKind::Migrate { deploy, .. } => deploy.boot_method,
+            JobKind::Capture { .. } => BootMethod::Auto,
+        };
         let action = Action::BootRamdisk {
-            method: BootMethod::Auto,
+            method,
             base,
             fallback_secs: BOOT_FALLBACK_SECS,
             check: false,
@@ -333,7 +337,9 @@ async fn entering(
             error,
         })
     };
-    let made = match answer(fleet, agent, command_id).await? {
+    let reply = fleet.reply_now(agent, command_id).await?;
+    let prepared_ms = reply.as_ref().map(|m| m.at_ms);
+    let made = match reply.map(|m| m.body) {
         Some(MessageBody::RamdiskPrepared { method, why, .. }) => Some((method, why)),
         Some(other) => return Ok(failed(crate::images::failure(agent, other).to_string())),
         None => None,
@@ -345,7 +351,7 @@ async fn entering(
     match view
         .status
         .as_ref()
-        .and_then(|s| crate::bootramdisk::entered(s, command_id, since))
+        .and_then(|s| crate::bootramdisk::entered(s, command_id, since, prepared_ms))
     {
         Some(Ok(network)) => {
             let how = made.map_or_else(
