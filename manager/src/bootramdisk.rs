@@ -161,10 +161,11 @@ pub async fn boot_ramdisk(config: &ManagerConfig, id: &str, o: &Options) -> Resu
     let deadline = started + o.answer + o.wait;
     loop {
         let view = fleet.view(&id).await?;
+        let handover = Handover::of(&view, prepared_ms);
         match view
             .status
             .as_ref()
-            .and_then(|s| entered(s, &cmd.command_id, cmd.issued_ms, Some(prepared_ms)))
+            .and_then(|s| entered(s, &cmd.command_id, cmd.issued_ms, Some(&handover)))
         {
             Some(Ok(network)) => {
                 out.ramdisk_secs = Some(started.elapsed().as_secs_f64());
@@ -193,17 +194,49 @@ pub fn base_dir(config: &ManagerConfig) -> Result<PathBuf> {
         .context("the config has no boot server folder (boot.dir) to take the ramdisk base from; set it, or pass --boot-dir DIR (where `cargo xtask ramdisk` wrote initrd-base.zst)")
 }
 
+/// What the mailbox shows of an installed agent after it answered, at `prepared_ms`
+/// (its own clock), that it had made its ramdisk and was rebooting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    /// When it answered.
+    pub prepared_ms: u64,
+    /// The kind its identity now says (a ramdisk agent writes its identity first).
+    pub identity: Option<AgentKind>,
+    /// Its last heartbeat.
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Handover {
+    /// From the agent's mailbox as it is now.
+    pub fn of(view: &crate::fleet::AgentView, prepared_ms: u64) -> Handover {
+        Handover {
+            prepared_ms,
+            identity: view.identity.as_ref().map(|i| i.kind),
+            heartbeat_ms: view.heartbeat.as_ref().map(|h| h.at_ms),
+        }
+    }
+
+    /// Whether an installed agent beats again well after handing over: the server is
+    /// back on its own system. (The handing-over process stops beating; the slack
+    /// covers its last writes when the store is slow.)
+    fn back(&self) -> bool {
+        self.identity == Some(AgentKind::Installed)
+            && self
+                .heartbeat_ms
+                .is_some_and(|at| at > self.prepared_ms + BACK_SLACK_MS)
+    }
+}
+
 /// Where boot-ramdisk command `command_id`, issued at `issued_ms`, stands in its
 /// agent's status: `Some(Ok(network))` once the agent runs the ramdisk that command
 /// made (how its network came up), `Some(Err(why))` once the attempt was reported
-/// failed — or, when the agent answered it had made the ramdisk and was rebooting at
-/// `prepared_ms` (its own clock), once its installed self writes its status again
-/// well after that: the server is back on its own system —, `None` meanwhile.
+/// failed or the server is back on its own system after the `handover`, `None`
+/// meanwhile.
 pub fn entered(
     status: &Status,
     command_id: &str,
     issued_ms: u64,
-    prepared_ms: Option<u64>,
+    handover: Option<&Handover>,
 ) -> Option<Result<String, String>> {
     let boot = status.boot.as_ref();
     if status.kind == AgentKind::Ramdisk
@@ -220,18 +253,13 @@ pub fn entered(
     {
         return Some(Err(e.text.clone()));
     }
-    // The installed agent writes nothing more once it has handed over to the reboot.
-    let back = prepared_ms.is_some_and(|at| {
-        status.kind == AgentKind::Installed && status.updated_ms > at + BACK_SLACK_MS
-    });
-    back.then(|| {
+    handover.is_some_and(Handover::back).then(|| {
         Err("the server did not come up in the Ferry ramdisk: it started its own system again (its boot loader did not take the ramdisk's entry, or the ramdisk fell back); the attempt failed".to_string())
     })
 }
 
-/// How long after its answer an installed agent that is rebooting may still write
-/// its status.
-const BACK_SLACK_MS: u64 = 10_000;
+/// How long after its answer the installed agent handing over may still write.
+const BACK_SLACK_MS: u64 = 30_000;
 
 /// Why an attempt is given up after `secs` without the ramdisk.
 pub fn not_back(secs: u64, method: BootMethod, fallback_secs: u32) -> String {
@@ -291,8 +319,8 @@ mod tests {
     }
 
     /// The ramdisk of this command is entered; a failure reported since the command,
-    /// or the installed agent writing again well after it said it was rebooting, is
-    /// the attempt failed; anything else is not known yet.
+    /// or an installed agent beating again well after it handed over, is the attempt
+    /// failed; anything else is not known yet.
     #[test]
     fn an_attempt_is_entered_failed_or_not_known_yet() {
         let mut ramdisk = status(AgentKind::Ramdisk, 50_000);
@@ -306,7 +334,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            entered(&ramdisk, "c1", 1_000, Some(2_000)),
+            entered(&ramdisk, "c1", 1_000, None),
             Some(Ok("server eth0 10.0.2.15/24".into()))
         );
         assert_eq!(entered(&ramdisk, "c2", 1_000, None), None);
@@ -327,30 +355,28 @@ mod tests {
             "an older failure"
         );
 
-        // Still writing just after its answer; back on its own system much later.
+        let installed = status(AgentKind::Installed, 2_500);
+        let handover = |identity, heartbeat_ms| Handover {
+            prepared_ms: 2_000,
+            identity: Some(identity),
+            heartbeat_ms: Some(heartbeat_ms),
+        };
+        // Its last writes just after the answer; a ramdisk agent that has written its
+        // identity but not yet its status; back on its own system much later.
+        let last_beat = handover(AgentKind::Installed, 20_000);
+        assert_eq!(entered(&installed, "c1", 1_000, Some(&last_beat)), None);
+        let ramdisk_coming = handover(AgentKind::Ramdisk, 90_000);
         assert_eq!(
-            entered(
-                &status(AgentKind::Installed, 2_500),
-                "c1",
-                1_000,
-                Some(2_000)
-            ),
+            entered(&installed, "c1", 1_000, Some(&ramdisk_coming)),
             None
         );
-        let back = entered(
-            &status(AgentKind::Installed, 90_000),
-            "c1",
-            1_000,
-            Some(2_000),
-        );
+        let back = handover(AgentKind::Installed, 90_000);
+        let failed = entered(&installed, "c1", 1_000, Some(&back));
         assert!(
-            back.as_ref()
+            failed
+                .as_ref()
                 .is_some_and(|r| r.as_ref().is_err_and(|e| e.contains("own system again"))),
-            "{back:?}"
-        );
-        assert_eq!(
-            entered(&status(AgentKind::Installed, 90_000), "c1", 1_000, None),
-            None
+            "{failed:?}"
         );
     }
 }

@@ -623,6 +623,14 @@ fn reboot(kexec: bool) -> Result<()> {
             .args(["--no-block", verb])
             .status()
             .with_context(|| format!("running systemctl {verb}"))?;
+        // Killed by a signal, it was the shutdown it had already queued that stopped
+        // this agent's service and everything in it: the reboot is under way, and
+        // undoing the entry now would send the server back to its own system.
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            tracing::info!("systemctl {verb} was ended by signal {signal}: the shutdown has begun");
+            return Ok(());
+        }
         ensure!(status.success(), "systemctl {verb} failed ({status})");
         return Ok(());
     }

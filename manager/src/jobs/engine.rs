@@ -348,10 +348,11 @@ async fn entering(
     // A minute's slack for the clocks of agent and manager.
     let since = sent_ms.saturating_sub(60_000);
     let view = fleet.view(agent).await?;
+    let handover = prepared_ms.map(|at| crate::bootramdisk::Handover::of(&view, at));
     match view
         .status
         .as_ref()
-        .and_then(|s| crate::bootramdisk::entered(s, command_id, since, prepared_ms))
+        .and_then(|s| crate::bootramdisk::entered(s, command_id, since, handover.as_ref()))
     {
         Some(Ok(network)) => {
             let how = made.map_or_else(
