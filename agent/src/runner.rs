@@ -69,6 +69,10 @@ pub struct Agent {
     cancelled_early: HashSet<String>,
 }
 
+/// A command file in the mailbox: its key, the BLAKE3 of its content, and the
+/// checked command or why it is refused.
+type Listed = (String, [u8; 32], Result<CommandPayload, (Refusal, String)>);
+
 /// How long after a command the agent polls fast.
 const HOT_WINDOW: Duration = Duration::from_secs(3);
 /// The fast poll interval.
@@ -367,10 +371,13 @@ impl Agent {
         Ok(())
     }
 
-    async fn process_commands(&mut self) -> Result<Option<Stop>> {
+    /// The command files in the mailbox not refused yet: key, BLAKE3 of the content,
+    /// and the checked command or why it is refused. (`&mut`: a shared borrow held
+    /// across the awaits would need the agent to be `Sync`.)
+    async fn listed_commands(&mut self) -> Result<Vec<Listed>> {
         let prefix = keys::commands(&self.id);
         let listing = self.store.list(&prefix).await?;
-        let mut ready = Vec::new();
+        let mut out = Vec::new();
         for name in listing.objects.iter().filter(|n| n.ends_with(".json")) {
             let key = format!("{prefix}{name}");
             let Some(bytes) = self.store.get(&key).await? else {
@@ -380,7 +387,16 @@ impl Agent {
             if self.refused.contains(&(key.clone(), hash)) {
                 continue;
             }
-            match self.check(name, &bytes) {
+            let checked = self.check(name, &bytes);
+            out.push((key, hash, checked));
+        }
+        Ok(out)
+    }
+
+    async fn process_commands(&mut self) -> Result<Option<Stop>> {
+        let mut ready = Vec::new();
+        for (key, hash, checked) in self.listed_commands().await? {
+            match checked {
                 Ok(cmd) => ready.push((key, hash, cmd)),
                 Err((reason, text)) => {
                     let text = format!("{key}: {text}");
@@ -442,12 +458,7 @@ impl Agent {
         }
         // The same command re-signed with a newer seq (a job step sent again by another
         // manager replica that did not see it run) is still the same command.
-        if self
-            .state
-            .accepted
-            .iter()
-            .any(|a| a.command_id == cmd.command_id)
-        {
+        if self.state.knows(&cmd.command_id) {
             let text = format!(
                 "{key}: command {} already ran (seq {} is a re-send of it)",
                 cmd.command_id, cmd.seq
@@ -511,10 +522,10 @@ impl Agent {
                 None,
             ),
             Action::Sleep { millis } => {
-                let (meter, _) = Self::meter();
+                let (meter, rx) = Self::meter();
                 let (wait, m) = (Duration::from_millis(*millis), meter.clone());
                 let slept = self
-                    .supervise(cmd, "executing", meter, None, move || {
+                    .supervise(cmd, "executing", meter, rx, move || {
                         let started = Instant::now();
                         while started.elapsed() < wait {
                             m.check()?;
@@ -858,7 +869,7 @@ impl Agent {
             "deploy" => "deploying",
             _ => "restoring",
         };
-        let result = self.supervise(cmd, phase, meter, Some(rx), work).await;
+        let result = self.supervise(cmd, phase, meter, rx, work).await;
         Self::ended(action, result)
     }
 
@@ -878,14 +889,14 @@ impl Agent {
     }
 
     /// Runs `work` (blocking) for command `cmd` in `phase` while the agent keeps
-    /// heartbeating, publishes the progress `reports` brings, and looks for a cancel
+    /// heartbeating, publishes the progress `rx` brings from `meter`, and looks for a cancel
     /// of the command in its mailbox — which `meter` then passes on to the work.
     async fn supervise(
         &mut self,
         cmd: &CommandPayload,
         phase: &'static str,
         meter: Arc<ferry_image::Meter>,
-        reports: Option<tokio::sync::watch::Receiver<Option<ferry_image::Report>>>,
+        mut rx: tokio::sync::watch::Receiver<Option<ferry_image::Report>>,
         work: impl FnOnce() -> Result<MessageBody> + Send + 'static,
     ) -> Result<Result<MessageBody>, tokio::task::JoinError> {
         let job = tokio::task::spawn_blocking(work);
@@ -894,10 +905,7 @@ impl Agent {
         if let Err(e) = self.publish_status().await {
             warn!("could not publish status: {e}");
         }
-        let (mut rx, mut reports_open) = match reports {
-            Some(rx) => (rx, true),
-            None => (tokio::sync::watch::channel(None).1, false),
-        };
+        let mut reports_open = true;
         let look_every = self.config.poll().max(Duration::from_millis(500));
         let mut next_look = Instant::now() + look_every;
         let result = loop {
@@ -952,28 +960,17 @@ impl Agent {
     /// A cancel of the running command `running` in the mailbox, if there is one:
     /// taken out of turn (remembered, answered, deleted), so the command can stop.
     async fn take_cancel(&mut self, running: &str) -> Result<bool> {
-        let prefix = keys::commands(&self.id);
-        let listing = self.store.list(&prefix).await?;
-        for name in listing.objects.iter().filter(|n| n.ends_with(".json")) {
-            let key = format!("{prefix}{name}");
-            let Some(bytes) = self.store.get(&key).await? else {
-                continue;
-            };
+        for (key, _, checked) in self.listed_commands().await? {
             // Anything wrong with it is refused later, in turn.
-            let Ok(cmd) = self.check(name, &bytes) else {
+            let Ok(cmd) = checked else {
                 continue;
             };
             let Action::Cancel { command } = &cmd.action else {
                 continue;
             };
-            let seen = self
-                .state
-                .accepted
-                .iter()
-                .any(|a| a.command_id == cmd.command_id);
             if command != running
                 || cmd.seq <= self.state.last_seq
-                || seen
+                || self.state.knows(&cmd.command_id)
                 || now_ms() > cmd.expires_ms
             {
                 continue;

@@ -41,6 +41,11 @@ impl AgentState {
         self.accepted.iter().rev().find(|a| a.seq == seq)
     }
 
+    /// Whether command `command_id` was accepted (and is still remembered).
+    pub fn knows(&self, command_id: &str) -> bool {
+        self.accepted.iter().any(|a| a.command_id == command_id)
+    }
+
     /// Records a command as accepted (before it runs).
     pub fn accept(&mut self, seq: u64, command_id: &str) {
         let a = Accepted {

@@ -211,7 +211,7 @@ impl Handover {
     pub fn of(view: &crate::fleet::AgentView, prepared_ms: u64) -> Handover {
         Handover {
             prepared_ms,
-            identity: view.identity.as_ref().map(|i| i.kind),
+            identity: view.kind(),
             heartbeat_ms: view.heartbeat.as_ref().map(|h| h.at_ms),
         }
     }

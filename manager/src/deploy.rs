@@ -160,9 +160,7 @@ async fn as_job(config: &ManagerConfig, opts: &DeployOptions) -> Result<bool> {
     };
     let fleet = crate::cli::fleet(config)?;
     let view = fleet.view(&fleet.resolve(&prefix).await?).await?;
-    Ok(view
-        .identity
-        .is_some_and(|i| i.kind == AgentKind::Installed))
+    Ok(view.kind() == Some(AgentKind::Installed))
 }
 
 /// `ferry deploy IMAGE --to TARGET`.

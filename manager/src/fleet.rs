@@ -13,8 +13,8 @@ use ferry_mailbox::seal::{self, COMMAND_TAG, KeyPair, MESSAGE_TAG};
 use ferry_mailbox::time::now_ms;
 use ferry_mailbox::{Store, keys};
 use ferry_model::protocol::{
-    Action, CommandPayload, Document, Heartbeat, Identity, MessageBody, MessagePayload, Refusal,
-    SCHEMA, Sealed, Signed, Status, check_agent_id,
+    Action, AgentKind, CommandPayload, Document, Heartbeat, Identity, MessageBody, MessagePayload,
+    Refusal, SCHEMA, Sealed, Signed, Status, check_agent_id,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -41,6 +41,13 @@ pub struct AgentView {
     pub health: Health,
     /// Problems met while reading the mailbox.
     pub problems: Vec<String>,
+}
+
+impl AgentView {
+    /// The kind its identity says (a ramdisk agent writes its identity first).
+    pub fn kind(&self) -> Option<AgentKind> {
+        self.identity.as_ref().map(|i| i.kind)
+    }
 }
 
 /// A message recorded from a mailbox.

@@ -229,22 +229,17 @@ async fn find_target(
             },
         }));
     }
-    // A server running its installed agent is brought into its ramdisk first.
-    if let TargetRef::Agent(prefix) = target
-        && let Ok(id) = fleet.resolve(prefix).await
-    {
-        let view = fleet.view(&id).await?;
-        let installed = view
-            .identity
-            .as_ref()
-            .is_some_and(|i| i.kind == AgentKind::Installed);
-        if installed && view.health == Health::Online {
-            return Ok(Some(boot_target(config, fleet, job, attempt, &id).await));
-        }
-    }
     let candidates = match target {
         TargetRef::Agent(prefix) => match fleet.resolve(prefix).await {
-            Ok(id) => vec![fleet.view(&id).await?],
+            Ok(id) => {
+                let view = fleet.view(&id).await?;
+                // A server running its installed agent is brought into its ramdisk
+                // first.
+                if view.kind() == Some(AgentKind::Installed) && view.health == Health::Online {
+                    return Ok(Some(boot_target(config, fleet, job, attempt, &id).await));
+                }
+                vec![view]
+            }
             Err(_) => Vec::new(),
         },
         _ => fleet.scan().await?,
