@@ -27,26 +27,51 @@ pub struct DeployOptions {
     /// A capture id of the image (default: the latest).
     #[arg(long)]
     pub capture: Option<String>,
-    /// A deploy plan (YAML or JSON) instead of the default one for the target.
-    #[arg(long)]
-    pub plan: Option<PathBuf>,
     /// Print the plan (YAML) after checking it, and send nothing.
     #[arg(long)]
     pub plan_only: bool,
+    /// The plan, the reboot, a failure's wipe and the boot method.
+    #[command(flatten)]
+    pub how: DeployHow,
+    /// Printing, waiting, or making a job and returning (`--detach`).
+    #[command(flatten)]
+    pub watch: crate::jobs::cli::WatchOptions,
+}
+
+/// How a deploy is made, for `ferry deploy` and a job's deploy step.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployHow {
+    /// A deploy plan (YAML or JSON) instead of the default one for the target.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
     /// Stay in the ramdisk when done instead of rebooting into the deployed system.
     #[arg(long)]
     pub no_reboot: bool,
-    /// On failure, leave the disks as they are instead of wiping the new partition
-    /// tables (a half-written disk may then boot).
+    /// On failure, leave the target's disks as they are instead of wiping the new
+    /// partition tables (a half-written disk may then boot).
     #[arg(long)]
     pub keep_on_failure: bool,
     /// How a target that runs its installed agent enters the ramdisk first: auto
     /// (the safest that works there), grub-once, kexec or init.
     #[arg(long, default_value = "auto")]
     pub boot_method: ferry_model::protocol::BootMethod,
-    /// Printing, waiting, or making a job and returning (`--detach`).
-    #[command(flatten)]
-    pub watch: crate::jobs::cli::WatchOptions,
+}
+
+impl DeployHow {
+    /// As a job records it (the plan read from its file).
+    pub fn settings(&self) -> Result<ferry_model::job::DeploySettings> {
+        Ok(ferry_model::job::DeploySettings {
+            plan: self
+                .plan
+                .as_deref()
+                .map(read_plan)
+                .transpose()?
+                .map(Box::new),
+            reboot: !self.no_reboot,
+            keep_on_failure: self.keep_on_failure,
+            boot_method: self.boot_method,
+        })
+    }
 }
 
 /// A deploy plan from a YAML or JSON file.
@@ -64,7 +89,7 @@ async fn plan_for(
     id: &str,
     opts: &DeployOptions,
 ) -> Result<DeployPlan> {
-    let from_file = opts.plan.as_deref().map(read_plan).transpose()?;
+    let from_file = opts.how.plan.as_deref().map(read_plan).transpose()?;
     let fleet = crate::cli::fleet(config)?;
     let id = fleet.resolve(id).await?;
     checked_plan(
@@ -74,7 +99,7 @@ async fn plan_for(
         opts.capture.as_deref(),
         from_file,
         &id,
-        opts.keep_on_failure,
+        opts.how.keep_on_failure,
         None,
     )
     .await
@@ -177,7 +202,7 @@ pub async fn deploy(config: &ManagerConfig, image: &str, opts: &DeployOptions) -
         );
         return Ok(());
     }
-    let reboot = !opts.no_reboot;
+    let reboot = !opts.how.no_reboot;
     let (id, reply) = run_on_agent(
         config,
         &opts.to,

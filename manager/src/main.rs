@@ -183,7 +183,9 @@ enum Cmd {
     },
     /// Deploy an image onto the machine of a ramdisk agent: lay out its disks by the
     /// default plan for its survey (or --plan), restore, configure, make it boot,
-    /// reboot into it. The plan is checked before anything is sent.
+    /// reboot into it. The plan is checked before anything is sent. With --detach, or
+    /// a target that runs no ramdisk yet (an installed agent, brought into its ramdisk
+    /// first; mac=, uuid=, new=FILE), it runs as a job.
     Deploy {
         /// Image name.
         image: String,

@@ -3,15 +3,13 @@
 //! watches them.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ferry_image::progress::size;
 use ferry_mailbox::time::now_ms;
 use ferry_model::job::{
-    DeploySettings, EventKind, JobKind, JobSpec, JobState, JobStatus, Outcome, Step, StepStatus,
-    TargetRef,
+    EventKind, JobKind, JobSpec, JobState, JobStatus, Outcome, Step, StepStatus, TargetRef,
 };
 use ferry_model::machine::MachineSpec;
 use ferry_model::protocol::{Action, MessageBody, SCHEMA};
@@ -38,20 +36,9 @@ pub struct MigrateOptions {
     /// Which filesystems, and how they are read.
     #[command(flatten)]
     pub how: crate::images::CaptureHow,
-    /// A deploy plan (YAML or JSON) instead of the default one for the target.
-    #[arg(long)]
-    pub plan: Option<PathBuf>,
-    /// Stay in the ramdisk when done instead of rebooting into the migrated system.
-    #[arg(long)]
-    pub no_reboot: bool,
-    /// On failure, leave the target's disks as they are instead of wiping the new
-    /// partition tables.
-    #[arg(long)]
-    pub keep_on_failure: bool,
-    /// How a target that runs its installed agent enters the ramdisk first: auto
-    /// (the safest that works there), grub-once, kexec or init.
-    #[arg(long, default_value = "auto")]
-    pub boot_method: ferry_model::protocol::BootMethod,
+    /// How the target is deployed.
+    #[command(flatten)]
+    pub deploy: crate::deploy::DeployHow,
     /// Capture into a temporary repository of this job, not the library; it is
     /// deleted once the target is deployed, and the image is not kept.
     #[arg(long)]
@@ -106,12 +93,7 @@ pub async fn migrate(config: &ManagerConfig, source: &str, opts: &MigrateOptions
             image,
             target,
             capture: opts.how.settings(),
-            deploy: deploy_settings(
-                opts.plan.as_deref(),
-                opts.no_reboot,
-                opts.keep_on_failure,
-                opts.boot_method,
-            )?,
+            deploy: opts.deploy.settings()?,
             direct: opts.direct,
         },
     )
@@ -130,12 +112,7 @@ pub async fn deploy_job(
     let target = parse_target(config, &opts.to)?;
     let fleet = crate::cli::fleet(config)?;
     let target = resolved(&fleet, target).await?;
-    let deploy = deploy_settings(
-        opts.plan.as_deref(),
-        opts.no_reboot,
-        opts.keep_on_failure,
-        opts.boot_method,
-    )?;
+    let deploy = opts.how.settings()?;
     // The image (and the capture asked for) must be there before anything moves.
     let (name, at) = (image.to_string(), opts.capture.clone());
     crate::images::Repo::library(config)?
@@ -159,24 +136,6 @@ async fn resolved(fleet: &Fleet, target: TargetRef) -> Result<TargetRef> {
     Ok(match target {
         TargetRef::Agent(prefix) => TargetRef::Agent(fleet.resolve(&prefix).await?),
         other => other,
-    })
-}
-
-/// How a job deploys: the user's plan, if any, and the flags.
-fn deploy_settings(
-    plan: Option<&std::path::Path>,
-    no_reboot: bool,
-    keep_on_failure: bool,
-    boot_method: ferry_model::protocol::BootMethod,
-) -> Result<DeploySettings> {
-    Ok(DeploySettings {
-        plan: plan
-            .map(crate::deploy::read_plan)
-            .transpose()?
-            .map(Box::new),
-        reboot: !no_reboot,
-        keep_on_failure,
-        boot_method,
     })
 }
 
